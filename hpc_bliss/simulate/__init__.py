@@ -1,0 +1,1 @@
+"""Simulation: the prior over tile catalogs, lensing fields, the PSF and the renderer."""
