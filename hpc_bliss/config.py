@@ -23,7 +23,7 @@ SDSS_BANDS = ["u", "g", "r", "i", "z"]
 
 @dataclass
 class PowerLawFlux:
-    """Truncated power law (Pareto) for reference-band fluxes: p(f) ∝ f^-(alpha+1), min ≤ f ≤ max."""
+    """Truncated power law (Pareto) of reference-band fluxes: p(f) ∝ f^-(alpha+1) on [min, max]."""
 
     min: float = 0.63  #: lower truncation, nanomaggies (0.63 nmgy ≈ r 23.0 mag)
     max: float = 1.0e4  #: upper truncation, nanomaggies
@@ -105,7 +105,7 @@ class RenderConfig:
     psf: PsfConfig = field(default_factory=PsfConfig)
     sky: list[float] = field(default_factory=lambda: [0.25, 0.27, 0.69, 1.3, 4.3])  #: nmgy/px
     nelec_per_nmgy: list[float] = field(default_factory=lambda: [170.0, 730.0, 860.0, 640.0, 150.0])
-    pad: int = 16  #: pixels of padding around the image for the FFT (≥ light radius)
+    pad: int = 8  #: FFT padding, px: light may reach 2·pad beyond the image edge (> psf.radius/2)
     add_noise: bool = True  #: Poisson noise in electrons
     units: str = "nmgy"  #: "nmgy" (sky-subtracted), "nmgy_sky" (with sky) or "electrons"
     chunk_size: int = 64  #: images rendered at once (memory vs speed)

@@ -43,7 +43,8 @@ def test_psf_radius_larger_than_grid_is_refused():
 
 @pytest.mark.galsim
 def test_psf_image_matches_galsim():
-    galsim = pytest.importorskip("galsim", reason="galsim is in the test extra")
+    import galsim
+
     params = psf_params(PsfConfig())
     radius = 15.0
     ours = psf_image(params, 41, radius)

@@ -1,0 +1,57 @@
+"""PNG figures of images with their catalogs (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+
+def plot_bands(
+    image: Tensor,
+    plocs: Tensor,
+    source_type: Tensor,
+    bands: list[str],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Save a row of panels, one per band, of ``image`` (B, H, W) with the true sources marked.
+
+    ``plocs`` (S, 2) are (row, col) pixel coordinates of the active sources and ``source_type``
+    (S,) their types: stars are drawn as red crosses, galaxies as cyan circles.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = image.detach().cpu().numpy()
+    locs = plocs.detach().cpu().numpy()
+    kinds = source_type.detach().cpu().numpy().astype(bool)
+    fig, axes = plt.subplots(1, len(bands), figsize=(3.2 * len(bands), 3.6), squeeze=False)
+    for b, ax in enumerate(axes[0]):
+        band = img[b]
+        lo, hi = np.percentile(band, [1, 99.5])
+        ax.imshow(np.arcsinh((band - lo) / max(hi - lo, 1e-9) * 10), cmap="gray", origin="upper")
+        # imshow puts pixel (i, j)'s centre at (j, i); plocs measure from the pixel corner
+        ax.scatter(locs[~kinds, 1] - 0.5, locs[~kinds, 0] - 0.5, marker="+", c="red", s=18, lw=0.7)
+        ax.scatter(
+            locs[kinds, 1] - 0.5,
+            locs[kinds, 0] - 0.5,
+            marker="o",
+            s=40,
+            lw=0.8,
+            facecolors="none",
+            edgecolors="cyan",
+        )
+        ax.set_title(f"band {bands[b]}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
