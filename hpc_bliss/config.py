@@ -109,6 +109,7 @@ class RenderConfig:
     add_noise: bool = True  #: Poisson noise in electrons
     units: str = "nmgy"  #: "nmgy" (sky-subtracted), "nmgy_sky" (with sky) or "electrons"
     chunk_size: int = 64  #: images rendered at once (memory vs speed)
+    galaxy_block: int = 64  #: galaxies transformed at once (memory vs speed)
 
 
 @dataclass

@@ -43,6 +43,31 @@ def fast_fft_size(n: int) -> int:
         m += 2
 
 
+class MixtureTable:
+    """The Fourier transform of a unit-flux, unit-hlr Gaussian mixture profile,
+    Σ w_j exp(-2π² v_j s), tabulated in u = sqrt(s) and read by linear interpolation.
+
+    With ``n`` = 65,536 samples up to u = 64 (k·hlr in cycles) the interpolation error is
+    below 2e-5 of the total flux, far below the mixture's own fit error.
+    """
+
+    def __init__(self, profile: str, device: torch.device, u_max: float = 64.0, n: int = 65536):
+        weights, variances = mixture(profile, dtype=torch.float64)
+        u = torch.linspace(0.0, u_max, n, dtype=torch.float64)
+        values = (weights[:, None] * torch.exp(-2 * math.pi**2 * variances[:, None] * u**2)).sum(0)
+        # (value, slope to the next sample) packed as one complex number: one gather per lookup
+        pairs = torch.complex(values[:-1], values[1:] - values[:-1])
+        self.pairs = pairs.to(device=device, dtype=torch.complex64)
+        self.scale = (n - 1) / u_max
+        self.last = n - 1
+
+    def __call__(self, s: Tensor) -> Tensor:
+        x = torch.sqrt(s).mul_(self.scale).clamp_(max=self.last - 1e-3)
+        i = x.long()
+        pair = self.pairs.index_select(0, i.flatten()).view(x.shape)
+        return pair.imag.mul(x.sub_(i)).add_(pair.real)
+
+
 @dataclass
 class RenderedBatch:
     """Images (N, B, H, W) in ``units``; ``background`` (N, B) is the sky per pixel in the same
@@ -80,9 +105,11 @@ class Renderer:
         self.sky = torch.tensor(list(cfg.sky), device=self.device)
         self.nelec = torch.tensor(list(cfg.nelec_per_nmgy), device=self.device)
         self.n_bands = self.psf_params.shape[0]
-        exp_w, exp_v = mixture("exp", device=self.device)
-        dev_w, dev_v = mixture("dev", device=self.device)
-        self._mix = (exp_w, exp_v, dev_w, dev_v)
+        self._exp_table = MixtureTable("exp", self.device)
+        self._dev_table = MixtureTable("dev", self.device)
+        self._kx2 = (self.kx**2)[None, :]
+        self._ky2 = (self.ky**2)[:, None]
+        self._kxy = self.ky[:, None] * self.kx[None, :]
 
     # ---- noise-free scene ------------------------------------------------------------
     def _shifts(self, plocs: Tensor) -> Tensor:
@@ -121,37 +148,59 @@ class Renderer:
                 out[:, b, n_ky - 1] = torch.complex(cc[:, -1], -cs[:, -1])
         return out
 
-    def _galaxy_transforms(self, cat: FullCatalog, gal: Tensor) -> Tensor:
-        """Fourier transforms (N, S, Hg, Wr) of unit-flux lensed galaxies (0 where not a galaxy)."""
-        exp_w, exp_v, dev_w, dev_v = self._mix
-        params = cat["galaxy_params"]
-        disk_frac, beta, disk_q, a_d, bulge_q, a_b = params.unbind(-1)
-        scale = self.cfg.pixel_scale
-        shear = cat["shear"] if "shear" in cat else torch.zeros_like(params[..., :2])
-        kappa = cat["convergence"] if "convergence" in cat else torch.zeros_like(params[..., :1])
-        g, mu = reduced_shear_and_magnification(shear, kappa)
-        lens = _shear_matrix(g) * mu.sqrt()[..., None]  # (N, S, 2, 2) in (x, y)
-        kx2 = (self.kx**2)[None, :]
-        ky2 = (self.ky**2)[:, None]
-        kxy = self.ky[:, None] * self.kx[None, :]
-        total = torch.zeros(
-            (*gal.shape, self.grid_h, self.kx.shape[0]), device=self.device, dtype=torch.float32
-        )
-        for frac, q, a, w, v in (
-            (disk_frac, disk_q, a_d, exp_w, exp_v),
-            (1 - disk_frac, bulge_q, a_b, dev_w, dev_v),
+    def _galaxy_transforms(self, gal: dict[str, Tensor]) -> Tensor:
+        """Fourier transforms (G, Hg, Wr) of lensed galaxies of unit intrinsic flux.
+
+        ``gal`` holds per-galaxy ``galaxy_params`` (G, 6), ``shear`` (G, 2), ``convergence``
+        (G, 1). Each component's transform depends on k only through s = hlr²·kᵀCk, so the
+        mixture is read from a table of s instead of evaluating one exponential per Gaussian.
+        """
+        disk_frac, beta, disk_q, a_d, bulge_q, a_b = gal["galaxy_params"].unbind(-1)
+        g, mu = reduced_shear_and_magnification(gal["shear"], gal["convergence"])
+        lens = _shear_matrix(g) * mu.sqrt()[..., None]  # (G, 2, 2) in (x, y)
+        rot = _rotation(beta)
+        total = torch.zeros((beta.shape[0], self.grid_h, self.kx.shape[0]), device=self.device)
+        for frac, q, a, table in (
+            (disk_frac, disk_q, a_d, self._exp_table),
+            (1 - disk_frac, bulge_q, a_b, self._dev_table),
         ):
-            hlr2 = (a / scale) ** 2 * q  # circular half-light radius², pixels² (GalSim's hlr)
-            safe_q = torch.where(gal, q, torch.ones_like(q))
-            shape = _rotation(beta) @ torch.diag_embed(torch.stack([1 / safe_q, safe_q], -1))
-            cov_unit = lens @ shape @ _rotation(beta).transpose(-1, -2) @ lens.transpose(-1, -2)
-            cxx, cxy, cyy = cov_unit[..., 0, 0], cov_unit[..., 0, 1], cov_unit[..., 1, 1]
-            quad = cxx[..., None, None] * kx2 + 2 * cxy[..., None, None] * kxy
-            quad = (quad + cyy[..., None, None] * ky2) * hlr2[..., None, None]
-            amp = (frac * gal)[..., None, None]
-            for wj, vj in zip(w.tolist(), v.tolist(), strict=True):
-                total += amp * wj * torch.exp(quad * (-2 * math.pi**2 * vj))
+            hlr2 = (a / self.cfg.pixel_scale) ** 2 * q  # GalSim's hlr = sqrt(a·b), pixels²
+            shape = rot @ torch.diag_embed(torch.stack([1 / q, q], -1))
+            cov = lens @ shape @ rot.transpose(-1, -2) @ lens.transpose(-1, -2)
+            cov = cov * hlr2[:, None, None]
+            quad = cov[:, 0, 0, None, None] * self._kx2 + cov[:, 1, 1, None, None] * self._ky2
+            quad += (2 * cov[:, 0, 1, None, None]) * self._kxy
+            total += frac[:, None, None] * table(quad)
         return total * mu[..., None]
+
+    def _galaxy_scene(self, cat: FullCatalog, is_gal: Tensor, scene: Tensor) -> None:
+        """Add the galaxies to ``scene`` (N, B, Hg, Wr), a block of galaxies at a time."""
+        img, slot = is_gal.nonzero(as_tuple=True)
+        keys = ("plocs", "galaxy_fluxes", "galaxy_params", "shear", "convergence")
+        flat = {k: cat[k][img, slot] for k in keys if k in cat}
+        n_gal = img.shape[0]
+        flat.setdefault("shear", torch.zeros((n_gal, 2), device=self.device))
+        flat.setdefault("convergence", torch.zeros((n_gal, 1), device=self.device))
+        block = max(1, int(self.cfg.galaxy_block))
+        for lo in range(0, n_gal, block):
+            part = {k: v[lo : lo + block] for k, v in flat.items()}
+            shift = self._shifts(part["plocs"])
+            ang_y = torch.remainder(shift[:, 0, None] * self.ky, 1.0) * (-2 * math.pi)
+            ang_x = torch.remainder(shift[:, 1, None] * self.kx, 1.0) * (-2 * math.pi)
+            row = torch.polar(torch.ones_like(ang_y), ang_y)
+            col = torch.polar(torch.ones_like(ang_x), ang_x)
+            profile = row[:, :, None] * col[:, None, :]  # the shift, (G, Hg, Wr) complex
+            torch.view_as_real(profile).mul_(self._galaxy_transforms(part)[..., None])
+            # sum each image's galaxies band by band: (images·B × G) @ (G × k) per block
+            ids, inv = torch.unique(img[lo : lo + block], return_inverse=True)
+            weights = torch.zeros(
+                (ids.shape[0], self.n_bands, inv.shape[0]), device=self.device, dtype=scene.dtype
+            )
+            weights[inv, :, torch.arange(inv.shape[0], device=self.device)] = part[
+                "galaxy_fluxes"
+            ].to(scene.dtype)
+            summed = weights.flatten(0, 1) @ profile.flatten(1)
+            scene[ids] += summed.reshape(ids.shape[0], *scene.shape[1:])
 
     def noiseless(self, catalog: TileCatalog | FullCatalog) -> Tensor:
         """The noise-free scene in nanomaggies per pixel (no sky): (N, B, H, W)."""
@@ -173,27 +222,7 @@ class Renderer:
                 dtype=torch.complex64,
             )
         if bool(is_gal.any()):
-            # galaxies are few: gather them into their own (N, G) slots to save work
-            order = torch.argsort(is_gal.int(), dim=1, descending=True, stable=True)
-            n_gal = int(is_gal.sum(1).max())
-            idx = order[:, :n_gal]
-            sub = FullCatalog(
-                self.height,
-                self.width,
-                {k: _take(v, idx) for k, v in cat.data.items() if k != "n_sources"}
-                | {"n_sources": is_gal.sum(1)},
-            )
-            gal = torch.gather(is_gal, 1, idx)
-            transforms = self._galaxy_transforms(sub, gal)
-            shift = self._shifts(sub["plocs"])
-            ang_y = torch.remainder(shift[..., 0, None] * self.ky, 1.0) * (-2 * math.pi)
-            ang_x = torch.remainder(shift[..., 1, None] * self.kx, 1.0) * (-2 * math.pi)
-            row = torch.polar(torch.ones_like(ang_y), ang_y)
-            col = torch.polar(torch.ones_like(ang_x), ang_x)
-            profile = transforms * row[..., :, None] * col[..., None, :]  # (N, G, Hg, Wr)
-            fluxes = (sub["galaxy_fluxes"] * gal[..., None]).to(torch.complex64)  # (N, G, B)
-            flat = profile.reshape(n, n_gal, -1)
-            scene += (fluxes.transpose(1, 2) @ flat).reshape(scene.shape)
+            self._galaxy_scene(cat, is_gal, scene)
         image = torch.fft.irfft2(scene * self.psf_hat, s=(self.grid_h, self.grid_w))
         return image[..., self.pad : self.pad + self.height, self.pad : self.pad + self.width]
 
@@ -229,12 +258,6 @@ class Renderer:
             images = electrons / nelec - sky
         psf = self.psf_params[None].expand(n, -1, -1)
         return RenderedBatch(images.float(), background.contiguous(), psf.contiguous(), units)
-
-
-def _take(value: Tensor, idx: Tensor) -> Tensor:
-    """Gather slots ``idx`` (N, G) along dim 1 of a (N, S, ...) tensor."""
-    expanded = idx.reshape(*idx.shape, *([1] * (value.dim() - 2)))
-    return value.gather(1, expanded.expand(-1, -1, *value.shape[2:]))
 
 
 def _rotation(beta: Tensor) -> Tensor:
