@@ -98,7 +98,7 @@ def main() -> int:
         row = {}
         row["cpu_images_per_s"], row["cpu_prior_images_per_s"] = bench_ours(cfg, args.n_ours, "cpu")
         if torch.cuda.is_available():
-            cfg_gpu = load_config(path, ["render.chunk_size=512"])
+            cfg_gpu = load_config(path, ["render.chunk_size=512", "render.galaxy_block=2048"])
             row["cuda_images_per_s"], row["cuda_prior_images_per_s"] = bench_ours(
                 cfg_gpu, args.n_gpu, "cuda"
             )
