@@ -74,6 +74,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from hpc_bliss.parallel.generate import generate
+
+    cfg = load_config(args.config, args.overrides)
+    return generate(cfg, overwrite=args.overwrite)
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     print("[pipeline] stages available so far: simulate (generate/train/evaluate come next)")
     return cmd_simulate(args)
@@ -84,15 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, text in (
         ("simulate", cmd_simulate, "sample and render one batch; write a PNG and a summary"),
+        ("generate", cmd_generate, "simulate HDF5 shards (under mpirun/srun: one rank each)"),
         ("pipeline", cmd_pipeline, "run every stage on this machine (a small local default)"),
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("config", help="YAML config file, e.g. configs/smoke.yaml")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=3")
-        p.add_argument("--out", help="output directory (default runs/<name>/preview)")
-        p.add_argument(
-            "--n-images", type=int, help="images to render (default generate.batch_size)"
-        )
+        if name == "generate":
+            p.add_argument(
+                "--overwrite", action="store_true", help="replace shards already in output_dir"
+            )
+        else:
+            p.add_argument("--out", help="output directory (default runs/<name>/preview)")
+            p.add_argument(
+                "--n-images", type=int, help="images to render (default generate.batch_size)"
+            )
         p.set_defaults(func=func)
     return parser
 

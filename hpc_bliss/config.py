@@ -317,11 +317,16 @@ def to_yaml(cfg: Config | DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg), resolve=True)
 
 
-def config_hash(
-    cfg: Config | DictConfig, sections: tuple[str, ...] = ("seed", "prior", "render")
-) -> str:
-    """SHA-256 (first 16 hex digits) of the sections that determine simulated data."""
+#: the generate keys that, with seed, prior and render, determine simulated shards
+DATA_GENERATE_KEYS = ("n_shards", "images_per_shard", "batch_size", "split")
+
+
+def config_hash(cfg: Config | DictConfig) -> str:
+    """SHA-256 (first 16 hex digits) of everything that determines simulated data: seed,
+    prior, render and generate's n_shards, images_per_shard, batch_size and split."""
     container = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     assert isinstance(container, dict)
-    text = OmegaConf.to_yaml(OmegaConf.create({k: container[k] for k in sections}))
+    subset = {k: container[k] for k in ("seed", "prior", "render")}
+    subset["generate"] = {k: container["generate"][k] for k in DATA_GENERATE_KEYS}
+    text = OmegaConf.to_yaml(OmegaConf.create(subset))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,244 @@
+"""HDF5 shards, schema version 1: one file per shard, written atomically, readable by any HDF5
+tool (no pickles, no custom filters).
+
+Layout of ``shard-000042.h5``::
+
+    /                 attrs: schema_version, hpc_bliss_version, shard_id, split, seed,
+                             n_images, config_yaml, config_hash, content_sha256,
+                             created_utc, host, rank, device
+    images            float32 (N, B, H, W), one image per chunk, attr units
+    background        float32 (N, B), sky per pixel in the images' units
+    psf_params        float32 (N, B, 6): sigma1, sigma2, b, sigmap, beta, p0 (pixels)
+    tile_catalog/     n_sources uint8 (N, Ht, Wt); locs float32 (N, Ht, Wt, M, 2);
+                      source_type uint8 (N, Ht, Wt, M, 1); star_fluxes, galaxy_fluxes
+                      float32 (N, Ht, Wt, M, B); galaxy_params float32 (N, Ht, Wt, M, 6);
+                      shear float32 (N, Ht, Wt, 2); convergence float32 (N, Ht, Wt, 1)
+
+``content_sha256`` hashes every dataset (name, dtype, shape, bytes) in a fixed order: it is
+the same for the same (config, seed, shard id) whatever rank or host wrote the file, while
+the provenance attributes (created_utc, host, rank, device) say who did.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from hpc_bliss import __version__
+from hpc_bliss.errors import ShardError
+
+SCHEMA_VERSION = 1
+
+#: tile-catalog datasets: dtype and the ``units`` attribute each carries
+CATALOG_SPEC: dict[str, tuple[str, str]] = {
+    "n_sources": ("uint8", "count of sources in the tile"),
+    "locs": ("float32", "(row, col) within the tile, fraction of tile_slen in [0, 1)"),
+    "source_type": ("uint8", "0 star, 1 galaxy"),
+    "star_fluxes": ("float32", "nanomaggies per band"),
+    "galaxy_fluxes": ("float32", "nanomaggies per band"),
+    "galaxy_params": (
+        "float32",
+        "disk_frac, beta_radians (rad), disk_q, a_d (arcsec), bulge_q, a_b (arcsec)",
+    ),
+    "shear": ("float32", "reduced-shear inputs gamma1, gamma2 (dimensionless)"),
+    "convergence": ("float32", "kappa (dimensionless)"),
+}
+IMAGE_KEYS = ("images", "background", "psf_params")
+REQUIRED_ATTRS = (
+    "schema_version",
+    "hpc_bliss_version",
+    "shard_id",
+    "split",
+    "seed",
+    "n_images",
+    "config_yaml",
+    "config_hash",
+    "content_sha256",
+    "created_utc",
+    "host",
+    "rank",
+    "device",
+)
+
+
+def shard_name(shard_id: int) -> str:
+    return f"shard-{shard_id:06d}.h5"
+
+
+@dataclass
+class ShardData:
+    """The arrays of one shard (numpy, in their on-disk dtypes)."""
+
+    images: np.ndarray
+    background: np.ndarray
+    psf_params: np.ndarray
+    catalog: dict[str, np.ndarray]
+    units: str = "nmgy"
+
+    def datasets(self) -> list[tuple[str, np.ndarray]]:
+        """(path in the file, array) in the fixed order the content hash uses."""
+        out = [("images", self.images), ("background", self.background)]
+        out.append(("psf_params", self.psf_params))
+        out += [(f"tile_catalog/{k}", self.catalog[k]) for k in CATALOG_SPEC]
+        return out
+
+    @property
+    def n_images(self) -> int:
+        return int(self.images.shape[0])
+
+
+def content_sha256(items: list[tuple[str, np.ndarray]]) -> str:
+    digest = hashlib.sha256()
+    for name, arr in items:
+        arr = np.ascontiguousarray(arr)
+        digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_shard(path: Path, data: ShardData, attrs: dict) -> dict:
+    """Write ``data`` to ``path`` atomically: ``path.tmp`` is written, flushed, fsynced, then
+    renamed, so a shard file that exists is whole. Returns {bytes, content_sha256}.
+
+    Raises :class:`ShardError` naming the file for an unwritable directory or a full disk;
+    the partial ``.tmp`` is removed and nothing already written is touched.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    digest = content_sha256(data.datasets())
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "hpc_bliss_version": __version__,
+        "n_images": data.n_images,
+        "content_sha256": digest,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        **attrs,
+    }
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, value in meta.items():
+                f.attrs[key] = value
+            for name, arr in data.datasets():
+                chunks = (1, *arr.shape[1:]) if arr.shape[0] > 0 else None
+                dset = f.create_dataset(name, data=arr, chunks=chunks)
+                dset.attrs["units"] = (
+                    CATALOG_SPEC[name.split("/")[1]][1]
+                    if name.startswith("tile_catalog/")
+                    else _image_units(name, data.units)
+                )
+            f.flush()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        reason = "disk full (no space left on device)" if err.errno == errno.ENOSPC else err
+        raise ShardError(f"cannot write {path}: {reason}") from err
+    return {"bytes": path.stat().st_size, "content_sha256": digest}
+
+
+def _image_units(name: str, units: str) -> str:
+    if name == "psf_params":
+        return "sigma1, sigma2 (px), b, sigmap (px), beta, p0"
+    return {
+        "nmgy": "nanomaggies per pixel, sky-subtracted",
+        "nmgy_sky": "nanomaggies per pixel",
+    }.get(units, "electrons per pixel")
+
+
+def read_attrs(path: Path) -> dict:
+    """Root attributes of a shard (raises ShardError naming the file if it cannot be read)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: _plain(v) for k, v in f.attrs.items()}
+    except OSError as err:
+        raise ShardError(f"{path}: not a readable HDF5 file ({err})") from err
+
+
+def _plain(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def validate_shard(
+    path: Path, config_hash: str | None = None, check_content: bool = True
+) -> list[str]:
+    """Problems with the shard at ``path`` (an empty list means it is valid): it opens, has
+    every attribute and dataset of schema 1 with consistent shapes and dtypes, matches
+    ``config_hash`` when given, and its data hash to ``content_sha256``."""
+    path = Path(path)
+    if not path.is_file():
+        return [f"{path}: missing"]
+    problems: list[str] = []
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            missing = [k for k in REQUIRED_ATTRS if k not in attrs]
+            if missing:
+                return [f"{path}: missing attributes {missing}"]
+            if attrs["schema_version"] != SCHEMA_VERSION:
+                problems.append(
+                    f"{path}: schema_version {attrs['schema_version']}, expected {SCHEMA_VERSION}"
+                )
+            if config_hash is not None and attrs["config_hash"] != config_hash:
+                problems.append(
+                    f"{path}: config_hash {attrs['config_hash']}, expected {config_hash}"
+                )
+            n = attrs["n_images"]
+            items: list[tuple[str, np.ndarray]] = []
+            names = list(IMAGE_KEYS) + [f"tile_catalog/{k}" for k in CATALOG_SPEC]
+            for name in names:
+                if name not in f:
+                    problems.append(f"{path}: dataset {name} missing")
+                    continue
+                dset = f[name]
+                if dset.shape[:1] != (n,):
+                    problems.append(f"{path}: {name} has {dset.shape[0]} rows, expected {n}")
+                key = name.split("/")[-1]
+                want = CATALOG_SPEC[key][0] if key in CATALOG_SPEC else "float32"
+                if dset.dtype != np.dtype(want):
+                    problems.append(f"{path}: {name} has dtype {dset.dtype}, expected {want}")
+                if check_content and not problems:
+                    items.append((name, dset[()]))
+            if check_content and not problems:
+                digest = content_sha256(items)
+                if digest != attrs["content_sha256"]:
+                    problems.append(
+                        f"{path}: data checksum {digest[:12]}… does not match "
+                        f"content_sha256 {attrs['content_sha256'][:12]}…"
+                    )
+    except (OSError, KeyError, ValueError) as err:
+        problems.append(f"{path}: unreadable ({err})")
+    return problems
+
+
+def file_sha256(path: Path, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Process layout (rank, world, device) and the MPI generation driver."""
