@@ -81,6 +81,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return generate(cfg, overwrite=args.overwrite)
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from hpc_bliss.io.inspect import format_summary, summarize, validate_dir
+
+    print(format_summary(summarize(args.dir)))
+    if not (args.command == "validate" or args.validate):
+        return 0
+    problems = validate_dir(args.dir)
+    for problem in problems:
+        print(f"INVALID: {problem}")
+    print(f"[validate] {len(problems)} problem(s) in {args.dir}")
+    return 1 if problems else 0
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     print("[pipeline] stages available so far: simulate (generate/train/evaluate come next)")
     return cmd_simulate(args)
@@ -107,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "--n-images", type=int, help="images to render (default generate.batch_size)"
             )
         p.set_defaults(func=func)
+    for name, text in (
+        ("inspect", "summarise a shard directory (splits, sources per tile, fluxes)"),
+        ("validate", "check every shard of a directory; name each bad file (exit 1)"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("dir", help="a generate.output_dir")
+        if name == "inspect":
+            p.add_argument("--validate", action="store_true", help="also validate every shard")
+        p.set_defaults(func=cmd_inspect)
     return parser
 
 
@@ -114,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except HpcBlissError as err:
+    except (HpcBlissError, FileNotFoundError) as err:
         print(f"hpc-bliss: error: {err}", file=sys.stderr)
         return 2
 

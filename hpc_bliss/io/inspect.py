@@ -1,0 +1,191 @@
+"""What a generate.output_dir holds, and whether it is whole: :func:`summarize` (counts,
+sources per tile, reference-band fluxes), :func:`format_summary`, :func:`validate_dir`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+from omegaconf import OmegaConf
+
+from hpc_bliss.errors import ShardError
+from hpc_bliss.io.manifest import DATASET, MANIFEST, SPLITS
+from hpc_bliss.io.reader import load_manifest
+from hpc_bliss.io.shards import read_attrs, validate_shard
+
+KINDS = ("star", "galaxy")  #: source_type 0 and 1
+
+
+def _fluxes(path: Path, band: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Sources-per-tile histogram of one shard, and its active sources' ``band`` fluxes for
+    stars and for galaxies."""
+    with h5py.File(path, "r") as f:
+        cat = f["tile_catalog"]
+        n = cat["n_sources"][()].astype(np.int64)
+        m = cat["locs"].shape[-2]
+        kind = cat["source_type"][..., 0]
+        on = np.arange(m) < n[..., None]
+        star, galaxy = cat["star_fluxes"][..., band], cat["galaxy_fluxes"][..., band]
+    hist = np.bincount(n.ravel(), minlength=m + 1)
+    return hist, [star[on & (kind == 0)], galaxy[on & (kind == 1)]]
+
+
+def _stats(values: np.ndarray) -> dict:
+    if values.size == 0:
+        return {"count": 0, "min": None, "median": None, "max": None}
+    v = values.astype(np.float64)
+    return {
+        "count": int(v.size),
+        "min": float(v.min()),
+        "median": float(np.median(v)),
+        "max": float(v.max()),
+    }
+
+
+def summarize(data_dir: str | Path) -> dict:
+    """Counts of a generate.output_dir, read from its manifest and every shard listed there.
+
+    Keys: data_dir, name, config_hash, n_shards (planned), tile_slen, bands, reference_band,
+    splits {split: {shards, images}}, images, sources_per_tile (list: tiles holding 0..M
+    sources, over all shards), n_tiles, n_sources, flux {star|galaxy: {count, min, median,
+    max}} (nmgy, reference band, active sources), missing and failures (from the manifest),
+    absent (listed files not on disk), unreadable (listed files that could not be read).
+    """
+    data_dir = Path(data_dir)
+    manifest = load_manifest(data_dir)
+    prior = OmegaConf.create(manifest["config_yaml"]).prior
+    band = int(prior.get("reference_band", 2))
+    records = sorted(manifest["shards"], key=lambda r: r["id"])
+    splits = {
+        s: {
+            "shards": sum(r["split"] == s for r in records),
+            "images": sum(r["n_images"] for r in records if r["split"] == s),
+        }
+        for s in SPLITS
+    }
+    hist = np.zeros(int(prior.max_sources) + 1, dtype=np.int64)
+    fluxes: list[list[np.ndarray]] = [[], []]
+    absent, unreadable = [], []
+    for r in records:
+        path = data_dir / r["file"]
+        if not path.is_file():
+            absent.append(str(path))
+            continue
+        try:
+            h, per_kind = _fluxes(path, band)
+        except (OSError, KeyError, ValueError) as err:
+            unreadable.append(f"{path}: {err}")
+            continue
+        if h.size > hist.size:
+            hist = np.pad(hist, (0, h.size - hist.size))
+        hist[: h.size] += h
+        for acc, values in zip(fluxes, per_kind, strict=True):
+            acc.append(values)
+    joined = [np.concatenate(v) if v else np.zeros(0, np.float32) for v in fluxes]
+    return {
+        "data_dir": str(data_dir),
+        "name": OmegaConf.create(manifest["config_yaml"]).get("name", "?"),
+        "config_hash": manifest.get("config_hash"),
+        "n_shards": manifest.get("n_shards", len(records)),
+        "tile_slen": int(prior.tile_slen),
+        "bands": list(prior.bands),
+        "reference_band": band,
+        "splits": splits,
+        "images": sum(s["images"] for s in splits.values()),
+        "sources_per_tile": hist.tolist(),
+        "n_tiles": int(hist.sum()),
+        "n_sources": int((np.arange(hist.size) * hist).sum()),
+        "flux": {kind: _stats(v) for kind, v in zip(KINDS, joined, strict=True)},
+        "missing": list(manifest.get("missing", [])),
+        "failures": list(manifest.get("failures", [])),
+        "absent": absent,
+        "unreadable": unreadable,
+    }
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as a readable text table."""
+    s = summary
+    band = s["bands"][s["reference_band"]] if s["bands"] else s["reference_band"]
+    lines = [
+        f"{s['data_dir']}: config {s['name']!r}, hash {s['config_hash']}, tile_slen "
+        f"{s['tile_slen']}, bands {','.join(s['bands'])}",
+        "",
+        f"{'split':<8}{'shards':>8}{'images':>10}",
+    ]
+    lines += [f"{k:<8}{v['shards']:>8}{v['images']:>10}" for k, v in s["splits"].items()]
+    lines += [f"{'total':<8}{sum(v['shards'] for v in s['splits'].values()):>8}{s['images']:>10}"]
+    lines += ["", f"sources per tile ({s['n_tiles']} tiles, {s['n_sources']} sources):"]
+    total = max(s["n_tiles"], 1)
+    for k, count in enumerate(s["sources_per_tile"]):
+        lines.append(f"  {k:>3}  {count:>10}  {100 * count / total:6.2f} %")
+    lines += ["", f"reference-band ({band}) flux of active sources, nmgy:"]
+    lines.append(f"  {'type':<8}{'count':>8}{'min':>12}{'median':>12}{'max':>12}")
+    for kind, st in s["flux"].items():
+        lines.append(
+            f"  {kind:<8}{st['count']:>8}{_num(st['min']):>12}{_num(st['median']):>12}"
+            f"{_num(st['max']):>12}"
+        )
+    lines.append("")
+    if s["missing"]:
+        lines.append(f"MISSING shards (manifest): {s['missing']}")
+    lines += [f"  shard {f['id']:06d} (rank {f['rank']}): {f['error']}" for f in s["failures"]]
+    lines += [f"ABSENT (listed, not on disk): {p}" for p in s["absent"]]
+    lines += [f"UNREADABLE: {p}" for p in s["unreadable"]]
+    if not (s["missing"] or s["failures"] or s["absent"] or s["unreadable"]):
+        lines.append(f"all {s['n_shards']} shards listed and present")
+    return "\n".join(lines)
+
+
+def validate_dir(data_dir: str | Path) -> list[str]:
+    """Problems with a generate.output_dir, each naming its file (empty: all is well).
+
+    Every shard listed in the manifest and every ``shards/shard-*.h5`` present is checked with
+    :func:`validate_shard` against the manifest's config hash (data checksums included);
+    listed shards missing on disk, shards present but not listed, content hashes that differ
+    from the manifest's, shards the manifest reports missing, leftover ``.tmp`` files and a
+    missing or foreign dataset.h5 are reported too.
+    """
+    data_dir = Path(data_dir)
+    problems: list[str] = []
+    try:
+        manifest = load_manifest(data_dir)
+    except ShardError as err:
+        manifest = {"shards": []}
+        problems.append(str(err))
+    digest = manifest.get("config_hash")
+    listed: dict[Path, dict] = {(data_dir / r["file"]).resolve(): r for r in manifest["shards"]}
+    present = {p.resolve() for p in (data_dir / "shards").glob("shard-*.h5")}
+    for path in sorted(set(listed) | present):
+        record = listed.get(path)
+        if record is None:
+            problems.append(f"{path}: present on disk but not listed in {MANIFEST}")
+        elif path not in present:
+            problems.append(f"{path}: listed in {MANIFEST} but missing on disk")
+            continue
+        found = validate_shard(path, digest)
+        problems += found
+        if not found and record is not None:
+            attrs = read_attrs(path)
+            if attrs["content_sha256"] != record.get("content_sha256"):
+                problems.append(f"{path}: content_sha256 differs from its {MANIFEST} entry")
+    if manifest.get("missing"):
+        problems.append(f"{data_dir / MANIFEST}: shards {manifest['missing']} missing (failed)")
+    for tmp in sorted([*data_dir.glob("*.tmp"), *(data_dir / "shards").glob("*.tmp")]):
+        problems.append(f"{tmp}: leftover temporary file (an interrupted write)")
+    vds = data_dir / DATASET
+    if manifest["shards"] and not vds.is_file():
+        problems.append(f"{vds}: missing")
+    elif vds.is_file():
+        try:
+            with h5py.File(vds, "r") as f:
+                if digest is not None and f.attrs.get("config_hash") != digest:
+                    problems.append(f"{vds}: config_hash differs from {MANIFEST}'s {digest}")
+        except OSError as err:
+            problems.append(f"{vds}: unreadable ({err})")
+    return problems
