@@ -122,6 +122,7 @@ class GenerateConfig:
     batch_size: int = 32  #: images simulated at once
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  #: train/val/test
     device: str = "auto"  #: "auto" (cuda:local_rank if present, else cpu), "cpu" or "cuda"
+    io: str = "files"  #: "files" (a file per shard + dataset.h5) or "mpio" (one collective file)
 
 
 @dataclass
@@ -293,6 +294,10 @@ def validate(cfg: Config | DictConfig, origin: str = "config") -> None:
     units = ("nmgy", "nmgy_sky", "electrons")
     _require(r.units in units, origin, "render.units", f"one of {units}", r.units)
     g = cfg.generate
+    for key in ("n_shards", "images_per_shard", "batch_size"):
+        value = getattr(g, key)
+        _require(value >= 1, origin, f"generate.{key}", "an integer ≥ 1", value)
+    _require(g.io in ("files", "mpio"), origin, "generate.io", "'files' or 'mpio'", g.io)
     _require(
         len(g.split) == 3 and all(f >= 0 for f in g.split) and math.isclose(sum(g.split), 1.0),
         origin,

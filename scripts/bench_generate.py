@@ -55,15 +55,32 @@ def bench_write(cfg, work: Path, repeats: int) -> dict:
         raw.append(time.perf_counter() - t0)
     h5_mb_s = nbytes / 1e6 / float(np.median(h5))
     raw_mb_s = nbytes / 1e6 / float(np.median(raw))
-    return {"bytes": nbytes, "shard_MB_s": h5_mb_s, "raw_MB_s": raw_mb_s,
-            "shard_vs_raw": h5_mb_s / raw_mb_s}
+    return {
+        "bytes": nbytes,
+        "shard_MB_s": h5_mb_s,
+        "raw_MB_s": raw_mb_s,
+        "shard_vs_raw": h5_mb_s / raw_mb_s,
+    }
 
 
-def run_generate(config: str, ranks: int, out: Path, shards: int, images: int) -> tuple[float, dict]:
+def run_generate(
+    config: str, ranks: int, out: Path, shards: int, images: int
+) -> tuple[float, dict]:
     env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-    cmd = ["mpirun", "-n", str(ranks), sys.executable, "-m", "hpc_bliss", "generate", config,
-           f"generate.output_dir={out}", f"generate.n_shards={shards}",
-           f"generate.images_per_shard={images}", "generate.device=cpu"]
+    cmd = [
+        "mpirun",
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "hpc_bliss",
+        "generate",
+        config,
+        f"generate.output_dir={out}",
+        f"generate.n_shards={shards}",
+        f"generate.images_per_shard={images}",
+        "generate.device=cpu",
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
     seconds = time.perf_counter() - t0
@@ -85,31 +102,44 @@ def main() -> int:
         cfg = load_config(args.config, [f"generate.images_per_shard={args.images}"])
         res = {"write": bench_write(cfg, work, args.repeats)}
         w = res["write"]
-        print(f"write: shard {w['shard_MB_s']:.0f} MB/s, raw {w['raw_MB_s']:.0f} MB/s "
-              f"({w['bytes'] / 1e6:.1f} MB each): shard/raw = {w['shard_vs_raw']:.2f}", flush=True)
+        print(
+            f"write: shard {w['shard_MB_s']:.0f} MB/s, raw {w['raw_MB_s']:.0f} MB/s "
+            f"({w['bytes'] / 1e6:.1f} MB each): shard/raw = {w['shard_vs_raw']:.2f}",
+            flush=True,
+        )
         times = {}
         for ranks in (1, 2):
-            seconds, manifest = run_generate(args.config, ranks, work / f"r{ranks}", args.shards,
-                                             args.images)
+            seconds, manifest = run_generate(
+                args.config, ranks, work / f"r{ranks}", args.shards, args.images
+            )
             recs = manifest["shards"]
-            phases = {k: sum(r.get(k, 0.0) for r in recs) for k in ("sample_s", "render_s",
-                                                                    "write_s")}
+            phases = {
+                k: sum(r.get(k, 0.0) for r in recs) for k in ("sample_s", "render_s", "write_s")
+            }
             total = sum(phases.values())
             images = sum(r["n_images"] for r in recs)
-            per_rank = images / ranks / max(max(r["seconds"] for r in recs) * len(recs) / ranks,
-                                            1e-9)
+            per_rank = (
+                images / ranks / max(max(r["seconds"] for r in recs) * len(recs) / ranks, 1e-9)
+            )
             times[ranks] = seconds
-            res[f"ranks_{ranks}"] = {"wall_s": seconds, "images": images,
-                                     "images_per_s": images / seconds,
-                                     "images_per_s_per_rank": per_rank,
-                                     **{k: v / total for k, v in phases.items()}}
-            print(f"{ranks} rank(s): {images} images in {seconds:.1f} s wall "
-                  f"({images / seconds:.1f} images/s incl. start-up, ~{per_rank:.1f} per rank); "
-                  f"time in sampling {phases['sample_s'] / total:.0%}, rendering "
-                  f"{phases['render_s'] / total:.0%}, writing {phases['write_s'] / total:.0%}",
-                  flush=True)
-        same = (json.loads((work / "r1" / "manifest.json").read_text())["shards"],
-                json.loads((work / "r2" / "manifest.json").read_text())["shards"])
+            res[f"ranks_{ranks}"] = {
+                "wall_s": seconds,
+                "images": images,
+                "images_per_s": images / seconds,
+                "images_per_s_per_rank": per_rank,
+                **{k: v / total for k, v in phases.items()},
+            }
+            print(
+                f"{ranks} rank(s): {images} images in {seconds:.1f} s wall "
+                f"({images / seconds:.1f} images/s incl. start-up, ~{per_rank:.1f} per rank); "
+                f"time in sampling {phases['sample_s'] / total:.0%}, rendering "
+                f"{phases['render_s'] / total:.0%}, writing {phases['write_s'] / total:.0%}",
+                flush=True,
+            )
+        same = (
+            json.loads((work / "r1" / "manifest.json").read_text())["shards"],
+            json.loads((work / "r2" / "manifest.json").read_text())["shards"],
+        )
         identical = [a["content_sha256"] for a in same[0]] == [b["content_sha256"] for b in same[1]]
         res["speedup_2_vs_1"] = times[1] / times[2]
         print(f"2 ranks vs 1: {res['speedup_2_vs_1']:.2f}x faster; shards identical: {identical}")

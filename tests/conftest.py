@@ -11,3 +11,11 @@ CONFIGS = ROOT / "configs"
 @pytest.fixture
 def configs_dir() -> Path:
     return CONFIGS
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """Skip unless the local SLURM cluster answers (CI starts it with scripts/local_slurm.sh)."""
+    from tests.slurm_utils import require_slurm_cluster
+
+    require_slurm_cluster()

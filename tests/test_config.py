@@ -63,6 +63,10 @@ def test_unknown_override_is_refused():
         ("render.units=adu", "render.units"),
         ("prior.prob_galaxy=1.5", "prior.prob_galaxy"),
         ("generate.split=[0.5,0.5,0.5]", "generate.split"),
+        ("generate.n_shards=0", "generate.n_shards"),
+        ("generate.images_per_shard=0", "generate.images_per_shard"),
+        ("generate.batch_size=-1", "generate.batch_size"),
+        ("generate.io=posix", "generate.io"),
     ],
 )
 def test_bad_values_name_the_key(override, key):

@@ -1,0 +1,114 @@
+#!/bin/bash
+# Simulate a BLISS data set on SLURM: `hpc-bliss generate` with one MPI rank per task
+# (rank r of W writes shards r, r+W, ...; rank 0 writes manifest.json and dataset.h5).
+#
+# Submit from the repository root on a login node (the job runs in the submit directory):
+#
+#   mkdir -p logs       # sbatch does not create the --output directory; if it is missing the
+#                       # job fails at once and writes no log at all
+#   sbatch jobs/generate.sh                                   # configs/m2.yaml, as configured
+#   HPC_BLISS_CONFIG=configs/smoke.yaml sbatch jobs/generate.sh generate.output_dir=/scratch/d
+#   sbatch -p gpu -A myproj --nodes=4 --gpus-per-task=1 jobs/generate.sh generate.n_shards=512
+#
+# Nothing site-specific is written here. Partition, account and QOS come from sbatch itself:
+# the command line (-p/--partition, -A/--account, -q/--qos) or sbatch's environment variables
+# SBATCH_PARTITION, SBATCH_ACCOUNT, SBATCH_QOS (e.g. exported in ~/.bashrc or a site file; see
+# configs/site/example.yaml). Command-line options also override every #SBATCH line below.
+#
+# Environment variables read by this script (sbatch passes the submitting shell's environment
+# to the job unless your site sets SBATCH_EXPORT=NONE; then use --export=ALL):
+#   HPC_BLISS_CONFIG    config file, relative to the submit directory (default configs/m2.yaml)
+#   HPC_BLISS_VENV      virtual environment to activate (default $SLURM_SUBMIT_DIR/.venv when
+#                       it exists; else the python on PATH is used)
+#   HPC_BLISS_MODULES   environment modules to `module load` first, space- or comma-separated,
+#                       e.g. "openmpi/4.1 hdf5" (skipped with a warning if there is no `module`)
+#   HPC_BLISS_SRUN_MPI  srun's --mpi plugin (default pmix; it must start mpi4py ranks, e.g.
+#                       pmi2 for an MPICH-based mpi4py). With `none` every task would believe
+#                       it is rank 0 of 1 and they would all write the same shards.
+# Arguments after the script name are passed on as `key=value` config overrides (and flags
+# such as --overwrite). The exit status is non-zero, and the job FAILED, if any shard failed:
+# see `missing` and `failures` in <output_dir>/manifest.json; rerunning redoes only those.
+#
+#SBATCH --job-name=hpc-bliss-generate
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=2
+#SBATCH --cpus-per-task=4
+# GPUs: remove one '#' below (or pass --gpus-per-task=1 to sbatch) to give each rank one GPU;
+# generate.device=auto then renders on it. Some sites want --gres=gpu:N per node instead.
+##SBATCH --gpus-per-task=1
+#SBATCH --time=00:30:00
+#SBATCH --output=logs/%x-%j.out
+
+set -euo pipefail
+
+config="${HPC_BLISS_CONFIG:-configs/m2.yaml}"
+srun_mpi="${HPC_BLISS_SRUN_MPI:-pmix}"
+submit_dir="${SLURM_SUBMIT_DIR:-$PWD}"
+
+# --- modules (Lmod and Environment Modules scripts are not written for `set -u`) ---------
+if [[ -n "${HPC_BLISS_MODULES:-}" ]]; then
+  if ! type module >/dev/null 2>&1; then
+    for init in /etc/profile.d/lmod.sh /etc/profile.d/modules.sh; do
+      if [[ -r $init ]]; then
+        set +u
+        # shellcheck disable=SC1090
+        source "$init"
+        set -u
+        break
+      fi
+    done
+  fi
+  if type module >/dev/null 2>&1; then
+    read -ra modules <<<"${HPC_BLISS_MODULES//,/ }"
+    set +u
+    module load "${modules[@]}"
+    set -u
+  else
+    echo "WARNING: HPC_BLISS_MODULES='$HPC_BLISS_MODULES' but no 'module' command: not loaded" >&2
+  fi
+fi
+
+# --- Python environment -------------------------------------------------------------------
+venv="${HPC_BLISS_VENV:-}"
+if [[ -z $venv && -f "$submit_dir/.venv/bin/activate" ]]; then
+  venv="$submit_dir/.venv"
+fi
+if [[ -n $venv ]]; then
+  if [[ ! -f "$venv/bin/activate" ]]; then
+    echo "ERROR: HPC_BLISS_VENV=$venv is not a virtual environment (no bin/activate)" >&2
+    exit 2
+  fi
+  set +u
+  # shellcheck disable=SC1091
+  source "$venv/bin/activate"
+  set -u
+fi
+if [[ ! -f $config ]]; then
+  echo "ERROR: config $config not found (relative to $PWD); set HPC_BLISS_CONFIG" >&2
+  exit 2
+fi
+
+# Slurm 22.05-23.02's srun does not inherit --cpus-per-task from the batch allocation.
+if [[ -n "${SLURM_CPUS_PER_TASK:-}" ]]; then
+  export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"
+fi
+export PYTHONUNBUFFERED=1
+
+echo "=== hpc-bliss generate: job ${SLURM_JOB_ID:-none} (${SLURM_JOB_NAME:-}) ==="
+echo "start:     $(date -Is)"
+echo "nodes:     ${SLURM_JOB_NUM_NODES:-1} (${SLURM_JOB_NODELIST:-$(hostname)})"
+echo "tasks:     ${SLURM_NTASKS:-1} (${SLURM_NTASKS_PER_NODE:-?} per node," \
+  "${SLURM_CPUS_PER_TASK:-?} CPUs per task, GPUs: ${SLURM_GPUS_PER_TASK:-${SLURM_GPUS:-none}})"
+echo "partition: ${SLURM_JOB_PARTITION:-?}  account: ${SLURM_JOB_ACCOUNT:-?}"
+echo "config:    $config $*"
+echo "workdir:   $PWD"
+echo "python:    $(command -v python) ($(python -c 'import sys; print(sys.version.split()[0])'))"
+echo "srun:      --mpi=$srun_mpi; modules: ${HPC_BLISS_MODULES:-none}; venv: ${venv:-none}"
+
+start=$SECONDS
+status=0
+srun --mpi="$srun_mpi" --kill-on-bad-exit=1 \
+  python -m hpc_bliss generate "$config" "$@" || status=$?
+echo "=== end: $(date -Is), $((SECONDS - start)) s, exit status $status ==="
+exit "$status"

@@ -1,0 +1,67 @@
+"""Helpers shared by the tests that use the local SLURM cluster (scripts/local_slurm.sh)."""
+
+import shutil
+import subprocess
+import time
+
+import pytest
+
+START_HINT = "run `scripts/local_slurm.sh install && scripts/local_slurm.sh start` (as root)"
+USABLE_NODE_STATES = {"idle", "mixed", "allocated", "completing"}
+TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
+
+
+def run(*args: str, timeout: float = 20, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs
+    )
+
+
+def require_slurm_cluster() -> None:
+    """Skip the module unless a SLURM cluster answers with a usable node."""
+    if shutil.which("sinfo") is None:
+        pytest.skip(f"sinfo is not on PATH: no SLURM here; {START_HINT}")
+    try:
+        # `scontrol ping` answers at once; sinfo retries for 9 s when slurmctld is down.
+        ping = run("scontrol", "ping")
+        if ping.returncode != 0:
+            why = (ping.stdout + ping.stderr).strip().splitlines()[:1] or ["scontrol ping failed"]
+            pytest.skip(f"slurmctld is not up ({why[0]}); {START_HINT}")
+        info = run("sinfo", "-h", "-o", "%T")
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"sinfo did not answer within 20 s: the cluster is not up; {START_HINT}")
+    states = set(info.stdout.split())
+    if info.returncode != 0 or not states & USABLE_NODE_STATES:
+        detail = (info.stderr or info.stdout).strip().splitlines()[-1:] or ["no nodes"]
+        pytest.skip(f"the SLURM cluster is not up ({detail[0]}); {START_HINT}")
+
+
+def sacct_state(job_id: str, timeout: float = 20) -> str:
+    """The job's State in accounting, waiting for slurmdbd to record its end."""
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        out = run("sacct", "-j", job_id, "-n", "-X", "-o", "State")
+        state = out.stdout.strip().split()[0] if out.stdout.strip() else ""
+        if state in TERMINAL_STATES:
+            return state
+        time.sleep(0.5)
+    return state
+
+
+def wait_for_job(job_id: str, timeout: float) -> dict[str, str]:
+    """The job's fields in slurmctld (JobState, ExitCode, ...) once it has ended.
+
+    Polled every 0.5 s rather than with `sbatch --wait`, which checks after 2, 10, 42, 74 s:
+    a job that takes 11 s would keep the test waiting 42 s.
+    """
+    deadline = time.monotonic() + timeout
+    fields: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        out = run("scontrol", "show", "job", "-o", job_id)
+        fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
+        if fields.get("JobState") in TERMINAL_STATES:
+            return fields
+        time.sleep(0.5)
+    run("scancel", job_id)
+    pytest.fail(f"job {job_id} did not end within {timeout} s: {fields.get('JobState')}")

@@ -1,0 +1,109 @@
+"""jobs/generate.sh: submitted with sbatch to the local SLURM cluster, its two MPI ranks write
+the same shards as one process does; the script hard-codes no site values.
+
+The SLURM test needs a cluster that is already up (CI starts it with
+`scripts/local_slurm.sh start`); it skips only when `scontrol ping` fails.
+"""
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpc_bliss.config import load_config
+from hpc_bliss.io.shards import read_attrs, validate_shard
+from tests.slurm_utils import run as _run
+from tests.slurm_utils import sacct_state as _sacct_state
+from tests.slurm_utils import wait_for_job as _wait_for_job
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "jobs" / "generate.sh"
+VENV = ROOT / ".venv"
+#: variables that would make a plain process think an MPI launcher started it
+MPI_PREFIXES = ("OMPI_", "PMIX_", "PMI_")
+
+
+def _hashes(manifest: dict) -> dict[int, str]:
+    return {s["id"]: s["content_sha256"] for s in manifest["shards"]}
+
+
+def _sbatch_header() -> list[str]:
+    return [line for line in SCRIPT.read_text().splitlines() if line.startswith("#SBATCH")]
+
+
+def test_script_syntax_and_no_site_values() -> None:
+    check = _run("bash", "-n", str(SCRIPT))
+    assert check.returncode == 0, check.stderr
+    header = _sbatch_header()
+    options = {line.split()[1].split("=")[0] for line in header}
+    assert {"--job-name", "--nodes", "--ntasks-per-node", "--time", "--output"} <= options
+    site = re.compile(r"\s(-p|--partition|-A|--account|-q|--qos|--reservation)\b")
+    assert not [line for line in header if site.search(line)], header
+    assert "#SBATCH --nodes=1" in header and "#SBATCH --ntasks-per-node=2" in header
+    assert "##SBATCH --gpus-per-task=1" in SCRIPT.read_text()  # GPUs: documented, off
+
+
+def test_site_example_loads() -> None:
+    cfg = load_config(ROOT / "configs" / "site" / "example.yaml")
+    assert cfg.launch.cluster == "slurm"
+    assert cfg.launch.partition == "" and cfg.launch.account == ""
+
+
+@pytest.mark.slurm
+def test_sbatch_generate_matches_one_process(slurm_cluster: None, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(MPI_PREFIXES)}
+    for var in ("HPC_BLISS_MODULES", "HPC_BLISS_SRUN_MPI"):
+        env.pop(var, None)
+    # the reference: one plain process, run while the job is queued and running
+    one = subprocess.Popen(
+        [str(VENV / "bin" / "hpc-bliss"), "generate", "configs/smoke.yaml"]
+        + [f"generate.output_dir={tmp_path / 'one'}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    job_env = dict(env, HPC_BLISS_CONFIG="configs/smoke.yaml", HPC_BLISS_VENV=str(VENV))
+    data = tmp_path / "data"
+    submit = _run(
+        "sbatch",
+        "--parsable",
+        f"--chdir={ROOT}",
+        f"--output={tmp_path}/gen-%j.out",
+        str(SCRIPT),
+        f"generate.output_dir={data}",
+        cwd=ROOT,
+        env=job_env,
+    )
+    assert submit.returncode == 0, f"sbatch: {submit.stderr}"
+    job_id = submit.stdout.strip().split(";")[0]
+    assert job_id.isdigit(), submit.stdout
+    job = _wait_for_job(job_id, timeout=75)
+    one_out, _ = one.communicate(timeout=60)
+    logs = "\n".join(p.read_text() for p in tmp_path.glob("gen-*.out"))
+    assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), f"job output:\n{logs}"
+    assert f"job {job_id}" in logs and "config:    configs/smoke.yaml" in logs, logs
+    assert _sacct_state(job_id) == "COMPLETED", logs
+
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["missing"] == [] and manifest["failures"] == [], logs
+    assert manifest["ranks"] == 2
+    assert sorted(_hashes(manifest)) == [0, 1, 2, 3]
+    assert {s["rank"] for s in manifest["shards"]} == {0, 1}
+    for entry in manifest["shards"]:
+        path = data / entry["file"]
+        assert validate_shard(path, manifest["config_hash"]) == [], path
+        attrs = read_attrs(path)
+        assert attrs["rank"] == entry["id"] % 2 == entry["rank"]
+        assert attrs["content_sha256"] == entry["content_sha256"]
+    assert (data / "dataset.h5").is_file()
+
+    assert one.returncode == 0, one_out
+    reference = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    assert reference["ranks"] == 1 and reference["config_hash"] == manifest["config_hash"]
+    assert _hashes(manifest) == _hashes(reference)
