@@ -239,3 +239,41 @@ def test_two_ranks_write_the_same_shards_as_one(reference, tmp_path):
     assert {s["rank"] for s in m["shards"]} == {0, 1} and m["ranks"] == 2
     assert _hashes(out) == _hashes(reference)
     assert "images/s" in res.stdout
+
+
+@pytest.mark.mpi
+def test_mpio_writes_one_collective_file_equal_to_the_shards(reference, tmp_path):
+    from hpc_bliss.io.collective import parallel_h5py_available
+
+    if not parallel_h5py_available():
+        pytest.skip("h5py is not built against parallel HDF5: scripts/build_parallel_h5py.sh")
+    out = tmp_path / "data"
+    cmd = [
+        "mpirun",
+        "-n",
+        "2",
+        str(VENV_BIN / "python"),
+        "-m",
+        "hpc_bliss",
+        "generate",
+        str(CONFIGS / "smoke.yaml"),
+        f"generate.output_dir={out}",
+        "generate.io=mpio",
+    ]
+    res = subprocess.run(cmd, cwd=ROOT, env=MPI_ENV, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert _hashes(out) == _hashes(reference)
+    with h5py.File(out / "collective.h5", "r") as mine, h5py.File(reference / "dataset.h5") as ref:
+        assert mine.attrs["config_hash"] == ref.attrs["config_hash"]
+        for split in ("train", "val", "test"):
+            for name in (
+                "images",
+                "background",
+                "psf_params",
+                "shard_id",
+                "index_in_shard",
+                *(f"tile_catalog/{k}" for k in CATALOG_SPEC),
+            ):
+                np.testing.assert_array_equal(
+                    mine[f"{split}/{name}"][()], ref[f"{split}/{name}"][()]
+                )

@@ -209,10 +209,16 @@ class CollectiveWriter:
         self._dsets = {}
         self.file.close()
         all_ok = all(self.comm.allgather(bool(ok))) if self.comm is not None else bool(ok)
+        error = None
         if all_ok and self.rank == 0:
-            os.replace(self.tmp_path, self.path)
+            try:
+                os.replace(self.tmp_path, self.path)
+            except OSError as err:
+                error = f"cannot rename {self.tmp_path} to {self.path}: {err}"
         if self.comm is not None:
-            self.comm.Barrier()
+            error = self.comm.bcast(error, root=0)  # every rank raises, none waits for rank 0
+        if error:
+            raise ShardError(error)
         return self.path if all_ok else None
 
     def __enter__(self) -> CollectiveWriter:

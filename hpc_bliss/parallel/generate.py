@@ -9,6 +9,7 @@ the other shards go on, and the exit code is then non-zero.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,14 @@ import torch
 
 from hpc_bliss.config import Config, config_hash, to_yaml
 from hpc_bliss.errors import ConfigError, HpcBlissError, ShardError
+from hpc_bliss.io.collective import (
+    COLLECTIVE,
+    CollectiveWriter,
+    layouts_for,
+    require_parallel_h5py,
+    shard_offset,
+    split_sizes_for,
+)
 from hpc_bliss.io.manifest import (
     DATASET,
     MANIFEST,
@@ -28,7 +37,14 @@ from hpc_bliss.io.manifest import (
     write_json_atomic,
     write_virtual_dataset,
 )
-from hpc_bliss.io.shards import CATALOG_SPEC, ShardData, read_attrs, validate_shard, write_shard
+from hpc_bliss.io.shards import (
+    CATALOG_SPEC,
+    ShardData,
+    content_sha256,
+    read_attrs,
+    validate_shard,
+    write_shard,
+)
 from hpc_bliss.parallel.env import ProcessEnv, detect, pick_device
 from hpc_bliss.seeding import make_generator
 from hpc_bliss.simulate.batch import make_renderer
@@ -80,7 +96,8 @@ def simulate_shard(cfg: Config, shard_id: int, renderer: Renderer) -> tuple[Shar
 def _owned_files(out: Path) -> list[Path]:
     shards = out / "shards"
     found = sorted(shards.glob("shard-*.h5")) + sorted(shards.glob("shard-*.h5.tmp"))
-    return found + [p for p in (out / MANIFEST, out / DATASET) if p.exists()]
+    index = (out / MANIFEST, out / DATASET, out / COLLECTIVE, out / (COLLECTIVE + ".tmp"))
+    return found + [p for p in index if p.exists()]
 
 
 def prepare_output(out: Path, digest: str, overwrite: bool) -> None:
@@ -137,11 +154,17 @@ def generate(
     env: ProcessEnv | None = None,
     log: Callable[[str], None] = print,
 ) -> int:
-    """Run this rank's part of the generation; returns 0 when every shard is valid."""
+    """Run this rank's part of the generation; returns 0 when every shard is valid.
+
+    ``generate.io = "files"`` writes a file per shard (resumable); ``"mpio"`` writes every
+    rank's rows into one collective file (needs parallel h5py; rewritten as a whole).
+    """
     env = env or detect()
     g = cfg.generate
     out = Path(g.output_dir)
     digest = config_hash(cfg)
+    if g.io == "mpio":
+        require_parallel_h5py()  # the same h5py everywhere: every rank raises together
     error = None
     if env.rank == 0:
         try:
@@ -154,59 +177,118 @@ def generate(
     env.barrier()
 
     device = pick_device(g.device, env)
-    renderer = make_renderer(cfg, device)
-    mine = list(range(env.rank, g.n_shards, env.world))
-    tag = f"[generate rank {env.rank}/{env.world} {device}]"
-    log(f"{tag} {len(mine)} of {g.n_shards} shards × {g.images_per_shard} images → {out}")
-    records, failures = [], []
-    t_start = time.perf_counter()
-    made = 0
-    for i, sid in enumerate(mine, 1):
-        path = shard_path(out, sid)
-        split = split_of(sid, g.n_shards, list(g.split))
-        path.with_name(path.name + ".tmp").unlink(missing_ok=True)
-        if path.exists() and not overwrite:
-            problems = validate_shard(path, digest)
-            if not problems:
-                records.append(_record(path, read_attrs(path), 0.0))
-                log(f"{tag} shard {sid:06d} ({i}/{len(mine)}) exists and is valid: skipped")
-                continue
-            log(f"{tag} shard {sid:06d}: {problems[0]}; regenerating")
-        t0 = time.perf_counter()
-        try:
-            data, times = simulate_shard(cfg, sid, renderer)
-            t1 = time.perf_counter()
-            attrs = {
-                "shard_id": sid,
-                "split": split,
-                "seed": cfg.seed,
-                "config_yaml": to_yaml(cfg),
-                "config_hash": digest,
-                "rank": env.rank,
-                "device": str(device),
-            }
-            write_shard(path, data, attrs)
-            times["write_s"] = time.perf_counter() - t1
-        except Exception as err:  # noqa: BLE001 - report the shard, keep going
-            failures.append({"id": sid, "rank": env.rank, "error": f"{type(err).__name__}: {err}"})
-            log(f"{tag} shard {sid:06d} FAILED: {type(err).__name__}: {err}")
-            continue
-        seconds = time.perf_counter() - t0
-        record = _record(path, read_attrs(path), seconds)
-        record.update({k: round(v, 3) for k, v in times.items()})
-        records.append(record)
-        made += data.n_images
-        rate = made / (time.perf_counter() - t_start)
-        log(
-            f"{tag} shard {sid:06d} ({i}/{len(mine)}, {split}) {data.n_images} images in "
-            f"{seconds:.2f} s; {rate:.1f} images/s on this rank"
-        )
-    gathered = env.gather((records, failures, made, time.perf_counter() - t_start))
+    run = _ShardRun(cfg, env, make_renderer(cfg, device), digest, overwrite, log)
+    log(f"{run.tag} {len(run.mine)} of {g.n_shards} shards × {g.images_per_shard} images → {out}")
+    if g.io == "mpio":
+        sizes = split_sizes_for(g.n_shards, list(g.split), g.images_per_shard)
+        attrs = {"config_hash": digest, "config_yaml": to_yaml(cfg), "n_shards": g.n_shards}
+        # collective open and close; every rank writes its own rows in between
+        with CollectiveWriter(out / COLLECTIVE, env.comm, sizes, layouts_for(cfg), attrs) as w:
+            run.all(w)
+    else:
+        run.all(None)
+    gathered = env.gather((run.records, run.failures, run.made, run.elapsed()))
     status = 0
     if env.rank == 0:
         assert gathered is not None
         status = _finish(cfg, out, digest, gathered, log)
     return int(env.bcast(status))
+
+
+class _ShardRun:
+    """This rank's shards: simulate each, write it (to its file or the collective file),
+    record it; a shard that fails is recorded and the others go on."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        env: ProcessEnv,
+        renderer: Renderer,
+        digest: str,
+        overwrite: bool,
+        log: Callable[[str], None],
+    ) -> None:
+        self.cfg, self.env, self.renderer, self.digest = cfg, env, renderer, digest
+        self.overwrite, self.log = overwrite, log
+        g = cfg.generate
+        self.mine = list(range(env.rank, g.n_shards, env.world))
+        self.tag = f"[generate rank {env.rank}/{env.world} {renderer.device}]"
+        self.records: list[dict] = []
+        self.failures: list[dict] = []
+        self.made = 0
+        self.t_start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def all(self, writer: CollectiveWriter | None) -> None:
+        for i, sid in enumerate(self.mine, 1):
+            self.one(i, sid, writer)
+
+    def _skip_existing(self, i: int, sid: int, path: Path) -> bool:
+        path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+        if not path.exists() or self.overwrite:
+            return False
+        problems = validate_shard(path, self.digest)
+        if problems:
+            self.log(f"{self.tag} shard {sid:06d}: {problems[0]}; regenerating")
+            return False
+        self.records.append(_record(path, read_attrs(path), 0.0))
+        self.log(f"{self.tag} shard {sid:06d} ({i}/{len(self.mine)}) exists and is valid: skipped")
+        return True
+
+    def one(self, i: int, sid: int, writer: CollectiveWriter | None) -> None:
+        cfg, g = self.cfg, self.cfg.generate
+        path = shard_path(Path(g.output_dir), sid)
+        if writer is None and self._skip_existing(i, sid, path):
+            return
+        split = split_of(sid, g.n_shards, list(g.split))
+        t0 = time.perf_counter()
+        try:
+            data, times = simulate_shard(cfg, sid, self.renderer)
+            t1 = time.perf_counter()
+            if writer is None:
+                attrs = {
+                    "shard_id": sid,
+                    "split": split,
+                    "seed": cfg.seed,
+                    "config_yaml": to_yaml(cfg),
+                    "config_hash": self.digest,
+                    "rank": self.env.rank,
+                    "device": str(self.renderer.device),
+                }
+                write_shard(path, data, attrs)
+                record = _record(path, read_attrs(path), 0.0)
+            else:
+                _, offset = shard_offset(sid, g.n_shards, list(g.split), g.images_per_shard)
+                writer.write_shard(split, offset, sid, data)
+                record = {
+                    "id": sid,
+                    "file": COLLECTIVE,
+                    "split": split,
+                    "offset": offset,
+                    "n_images": data.n_images,
+                    "bytes": sum(a.nbytes for _, a in data.datasets()),
+                    "content_sha256": content_sha256(data.datasets()),
+                    "rank": self.env.rank,
+                    "host": socket.gethostname(),
+                    "device": str(self.renderer.device),
+                }
+            times["write_s"] = time.perf_counter() - t1
+        except Exception as err:  # noqa: BLE001 - report the shard, keep going
+            error = f"{type(err).__name__}: {err}"
+            self.failures.append({"id": sid, "rank": self.env.rank, "error": error})
+            self.log(f"{self.tag} shard {sid:06d} FAILED: {error}")
+            return
+        seconds = time.perf_counter() - t0
+        record["seconds"] = round(seconds, 3)
+        record.update({k: round(v, 3) for k, v in times.items()})
+        self.records.append(record)
+        self.made += data.n_images
+        self.log(
+            f"{self.tag} shard {sid:06d} ({i}/{len(self.mine)}, {split}) {data.n_images} images "
+            f"in {seconds:.2f} s; {self.made / self.elapsed():.1f} images/s on this rank"
+        )
 
 
 def _finish(cfg: Config, out: Path, digest: str, gathered: list, log) -> int:
@@ -227,8 +309,9 @@ def _finish(cfg: Config, out: Path, digest: str, gathered: list, log) -> int:
         "failures": failures,
         "ranks": len(gathered),
     }
+    manifest["io"] = cfg.generate.io
     write_json_atomic(out / MANIFEST, manifest)
-    if records:
+    if records and cfg.generate.io == "files":
         write_virtual_dataset(
             out,
             records,
