@@ -82,10 +82,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
     from hpc_bliss.io.inspect import format_summary, summarize, validate_dir
 
-    print(format_summary(summarize(args.dir)))
-    if not (args.command == "validate" or args.validate):
+    validate = args.command == "validate" or args.validate
+    try:
+        summary = summarize(args.dir)
+    except HpcBlissError as err:
+        if not validate:
+            raise
+        print(f"hpc-bliss: error: {err}", file=sys.stderr)  # validation says more below
+    else:
+        print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    if not validate:
         return 0
     problems = validate_dir(args.dir)
     for problem in problems:
@@ -126,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("dir", help="a generate.output_dir")
+        p.add_argument("--json", action="store_true", help="print the summary as JSON")
         if name == "inspect":
             p.add_argument("--validate", action="store_true", help="also validate every shard")
         p.set_defaults(func=cmd_inspect)

@@ -29,4 +29,5 @@ def test_bad_config_is_one_line_error(tmp_path, capsys):
     assert main(["simulate", str(CONFIGS / "smoke.yaml"), "prior.max_sources=0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hpc-bliss: error:") and "prior.max_sources" in err
-    assert main(["validate", str(tmp_path / "nowhere")]) == 2
+    assert main(["validate", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere" in capsys.readouterr().out

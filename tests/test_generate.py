@@ -219,22 +219,18 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(reference, tmp_path):
             assert a[name].tobytes() == b[name].tobytes(), (sid, name)
 
 
+def _mpirun_generate(out, *extra):
+    cmd = ["mpirun", "-n", "2", str(VENV_BIN / "python"), "-m", "hpc_bliss", "generate"]
+    cmd += [str(CONFIGS / "smoke.yaml"), f"generate.output_dir={out}", *extra]
+    res = subprocess.run(cmd, cwd=ROOT, env=MPI_ENV, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
 @pytest.mark.mpi
 def test_two_ranks_write_the_same_shards_as_one(reference, tmp_path):
     out = tmp_path / "data"
-    cmd = [
-        "mpirun",
-        "-n",
-        "2",
-        str(VENV_BIN / "python"),
-        "-m",
-        "hpc_bliss",
-        "generate",
-        str(CONFIGS / "smoke.yaml"),
-        f"generate.output_dir={out}",
-    ]
-    res = subprocess.run(cmd, cwd=ROOT, env=MPI_ENV, capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout + res.stderr
+    res = _mpirun_generate(out)
     m = _manifest(out)
     assert {s["rank"] for s in m["shards"]} == {0, 1} and m["ranks"] == 2
     assert _hashes(out) == _hashes(reference)
@@ -248,20 +244,7 @@ def test_mpio_writes_one_collective_file_equal_to_the_shards(reference, tmp_path
     if not parallel_h5py_available():
         pytest.skip("h5py is not built against parallel HDF5: scripts/build_parallel_h5py.sh")
     out = tmp_path / "data"
-    cmd = [
-        "mpirun",
-        "-n",
-        "2",
-        str(VENV_BIN / "python"),
-        "-m",
-        "hpc_bliss",
-        "generate",
-        str(CONFIGS / "smoke.yaml"),
-        f"generate.output_dir={out}",
-        "generate.io=mpio",
-    ]
-    res = subprocess.run(cmd, cwd=ROOT, env=MPI_ENV, capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout + res.stderr
+    _mpirun_generate(out, "generate.io=mpio")
     assert _hashes(out) == _hashes(reference)
     with h5py.File(out / "collective.h5", "r") as mine, h5py.File(reference / "dataset.h5") as ref:
         assert mine.attrs["config_hash"] == ref.attrs["config_hash"]
