@@ -123,6 +123,7 @@ class GenerateConfig:
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  #: train/val/test
     device: str = "auto"  #: "auto" (cuda:local_rank if present, else cpu), "cpu" or "cuda"
     io: str = "files"  #: "files" (a file per shard + dataset.h5) or "mpio" (one collective file)
+    compression: str = "gzip"  #: shard tile catalogs: "gzip" (level 1, standard HDF5) or "none"
 
 
 @dataclass
@@ -298,6 +299,13 @@ def validate(cfg: Config | DictConfig, origin: str = "config") -> None:
         value = getattr(g, key)
         _require(value >= 1, origin, f"generate.{key}", "an integer ≥ 1", value)
     _require(g.io in ("files", "mpio"), origin, "generate.io", "'files' or 'mpio'", g.io)
+    _require(
+        g.compression in ("gzip", "none"),
+        origin,
+        "generate.compression",
+        "'gzip' or 'none'",
+        g.compression,
+    )
     _require(
         len(g.split) == 3 and all(f >= 0 for f in g.split) and math.isclose(sum(g.split), 1.0),
         origin,

@@ -112,7 +112,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_shard(path: Path, data: ShardData, attrs: dict) -> dict:
+def write_shard(path: Path, data: ShardData, attrs: dict, compression: str = "gzip") -> dict:
     """Write ``data`` to ``path`` atomically: ``path.tmp`` is written, flushed, fsynced, then
     renamed, so a shard file that exists is whole. Returns {bytes, content_sha256}.
 
@@ -137,7 +137,9 @@ def write_shard(path: Path, data: ShardData, attrs: dict) -> dict:
                 f.attrs[key] = value
             for name, arr in data.datasets():
                 chunks = (1, *arr.shape[1:]) if arr.shape[0] > 0 else None
-                dset = f.create_dataset(name, data=arr, chunks=chunks)
+                packed = compression == "gzip" and name.startswith("tile_catalog/") and chunks
+                filters = {"compression": "gzip", "compression_opts": 1} if packed else {}
+                dset = f.create_dataset(name, data=arr, chunks=chunks, **filters)
                 dset.attrs["units"] = (
                     CATALOG_SPEC[name.split("/")[1]][1]
                     if name.startswith("tile_catalog/")
