@@ -1,0 +1,13 @@
+"""Encoder, variational distributions and loss (plain torch: no distributed imports here)."""
+
+from hpc_bliss.model.encoder import MAX_SOURCES, Encoder
+from hpc_bliss.model.loss import double_detection_nll, n_sources_accuracy
+from hpc_bliss.model.variational import VariationalDist
+
+__all__ = [
+    "MAX_SOURCES",
+    "Encoder",
+    "VariationalDist",
+    "double_detection_nll",
+    "n_sources_accuracy",
+]
