@@ -104,6 +104,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from hpc_bliss.train.run import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg)
+    if result["rank"] == 0:
+        m = result["metrics"]
+        acc = m.get("val/n_sources_accuracy")
+        print(
+            f"[train] step {result['global_step']}: val loss {m.get('val/loss', float('nan')):.4f}"
+            + (f", val n_sources accuracy {acc:.4f}" if acc is not None else "")
+        )
+        print(f"[train] checkpoints: {result['best'] or '-'} (best), {result['last']} (last)")
+    return 0
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     print("[pipeline] stages available so far: simulate (generate/train/evaluate come next)")
     return cmd_simulate(args)
@@ -115,12 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (
         ("simulate", cmd_simulate, "sample and render one batch; write a PNG and a summary"),
         ("generate", cmd_generate, "simulate HDF5 shards (under mpirun/srun: one rank each)"),
+        ("train", cmd_train, "train the encoder on train.data_dir's shards (DDP if devices>1)"),
         ("pipeline", cmd_pipeline, "run every stage on this machine (a small local default)"),
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("config", help="YAML config file, e.g. configs/smoke.yaml")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=3")
-        if name == "generate":
+        if name == "train":
+            pass
+        elif name == "generate":
             p.add_argument(
                 "--overwrite", action="store_true", help="replace shards already in output_dir"
             )

@@ -130,12 +130,21 @@ class GenerateConfig:
 class TrainConfig:
     """Encoder training."""
 
-    data_dir: str = "runs/data"
-    output_dir: str = "runs/train"
-    batch_size: int = 8
+    data_dir: str = "runs/data"  #: a generate.output_dir (its train and val splits are used)
+    output_dir: str = "runs/train"  #: checkpoints (best.ckpt, last.ckpt) and logs
+    batch_size: int = 8  #: images per process per step
     max_epochs: int = 2
-    learning_rate: float = 1.0e-3
+    max_steps: int = -1  #: stop after this many optimizer steps (-1: no limit)
+    max_minutes: float = 0.0  #: stop after this wall time (0: no limit)
+    learning_rate: float = 1.0e-3  #: Adam, cosine-annealed to 5% over the run
     min_flux_threshold: float = 0.0  #: nanomaggies, reference band; fainter truths are dropped
+    hidden: int = 64  #: encoder channels
+    n_blocks: int = 4  #: residual blocks at tile resolution
+    augment: bool = True  #: random 90° rotations and flips of image and catalog
+    accelerator: str = "auto"  #: "auto", "cpu" or "gpu"
+    devices: int = 1  #: processes (GPUs) per node; under SLURM, = tasks per node
+    num_nodes: int = 1
+    num_workers: int = -1  #: DataLoader workers per process (-1: 2 where the cores allow)
 
 
 @dataclass

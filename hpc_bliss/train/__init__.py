@@ -1,0 +1,1 @@
+"""Training the encoder: data over shards, the LightningModule, and the `train` stage."""

@@ -1,0 +1,80 @@
+"""The LightningModule: the encoder, its double-detection loss, Adam with a cosine schedule,
+and validation n_sources accuracy merged across processes as sums."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from hpc_bliss.catalog import TileCatalog
+from hpc_bliss.model import Encoder, double_detection_nll, n_sources_accuracy
+
+
+class EncoderModule(pl.LightningModule):
+    def __init__(
+        self,
+        n_bands: int,
+        tile_slen: int,
+        hidden: int = 64,
+        n_blocks: int = 4,
+        border_tiles: int = 1,
+        learning_rate: float = 1e-3,
+        min_flux_threshold: float = 0.0,
+        total_steps: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()  # plain numbers only: checkpoints load with weights_only
+        self.encoder = Encoder(n_bands, tile_slen, hidden, n_blocks, border_tiles)
+        self.tile_slen = tile_slen
+
+    def _catalog(self, batch: dict) -> TileCatalog:
+        return TileCatalog(self.tile_slen, dict(batch["tile_catalog"]))
+
+    def _loss(self, batch: dict) -> torch.Tensor:
+        features = self.encoder(batch["images"])
+        nll = double_detection_nll(
+            self.encoder, features, self._catalog(batch), self.hparams.min_flux_threshold
+        )
+        return nll.mean()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["images"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        n = batch["images"].shape[0]
+        self.log("val/loss", self._loss(batch), prog_bar=True, sync_dist=True, batch_size=n)
+        truth = self._catalog(batch)
+        if self.hparams.min_flux_threshold > 0:
+            truth = truth.filter_by_flux(self.hparams.min_flux_threshold)
+        pred = self.encoder.sample(batch["images"], use_mode=True)
+        counts = n_sources_accuracy(pred, truth, self.hparams.border_tiles)
+        self._val_counts += torch.tensor(
+            [counts["correct"], counts["within1"], counts["total"]],
+            dtype=torch.float64,
+            device=self._val_counts.device,
+        )
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_counts = torch.zeros(3, dtype=torch.float64, device=self.device)
+
+    def on_validation_epoch_end(self) -> None:
+        # counts merge across processes as sums, never as averages of per-rank rates
+        correct, within1, total = self.trainer.strategy.reduce(
+            self._val_counts, reduce_op="sum"
+        ).tolist()
+        if total > 0:
+            # already summed over processes: every rank logs the same value
+            self.log("val/n_sources_accuracy", correct / total, prog_bar=True, sync_dist=True)
+            self.log("val/n_sources_within_1", within1 / total, sync_dist=True)
+            self.log("val/tiles", total, sync_dist=True)
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt,
+            T_max=max(int(self.hparams.total_steps), 1),
+            eta_min=0.05 * self.hparams.learning_rate,
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

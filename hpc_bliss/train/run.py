@@ -1,0 +1,100 @@
+"""The `train` stage: `train(cfg)` fits the encoder on `train.data_dir`'s shards.
+
+Runs as one process, as local DDP (`train.devices=2`: Lightning starts the other process), or
+under SLURM/submitit (one process per task; Lightning's SLURMEnvironment finds its rank).
+Rerunning with the same `train.output_dir` resumes from `last.ckpt`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from datetime import timedelta
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+
+from hpc_bliss.config import Config
+from hpc_bliss.errors import ConfigError
+from hpc_bliss.io.manifest import read_manifest
+from hpc_bliss.train.data import ShardDataModule
+from hpc_bliss.train.lit_module import EncoderModule
+
+
+def _loggers(out: Path) -> list:
+    loggers: list = [CSVLogger(out, name="logs")]
+    try:
+        import tensorboard  # noqa: F401
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(out, name="tensorboard"))
+    except ImportError:
+        pass
+    return loggers
+
+
+def build_trainer(cfg: Config, total_steps: int) -> pl.Trainer:
+    t = cfg.train
+    out = Path(t.output_dir)
+    world = t.devices * t.num_nodes
+    checkpoint = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="best",
+        monitor="val/loss",
+        mode="min",
+        save_last=True,
+    )
+    return pl.Trainer(
+        default_root_dir=out,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy="ddp" if world > 1 else "auto",
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        max_time=timedelta(minutes=t.max_minutes) if t.max_minutes > 0 else None,
+        callbacks=[checkpoint],
+        logger=_loggers(out),
+        log_every_n_steps=max(1, min(50, total_steps // 10)),
+        enable_progress_bar=True,
+    )
+
+
+def train(cfg: Config) -> dict:
+    """Fit the encoder; returns the checkpoint paths, the global step and the last val metrics."""
+    t = cfg.train
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning-internal deprecation
+    try:
+        manifest = read_manifest(Path(t.data_dir))
+    except FileNotFoundError as err:
+        raise ConfigError(f"train.data_dir: {err}") from err
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = ShardDataModule(t)
+    data.setup()
+    n_train = manifest["images"]["train"]
+    steps_per_epoch = max(1, n_train // (t.batch_size * t.devices * t.num_nodes))
+    total = t.max_steps if t.max_steps > 0 else steps_per_epoch * t.max_epochs
+    module = EncoderModule(
+        n_bands=data.n_bands,
+        tile_slen=data.tile_slen,
+        hidden=t.hidden,
+        n_blocks=t.n_blocks,
+        border_tiles=cfg.evaluate.border_tiles,
+        learning_rate=t.learning_rate,
+        min_flux_threshold=t.min_flux_threshold,
+        total_steps=max(1, math.ceil(total)),
+    )
+    trainer = build_trainer(cfg, total)
+    last = Path(t.output_dir) / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    ckpt = trainer.checkpoint_callback
+    return {
+        "best": getattr(ckpt, "best_model_path", ""),
+        "last": str(last),
+        "global_step": trainer.global_step,
+        "metrics": metrics,
+        "rank": trainer.global_rank,
+    }
