@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "--n-images", type=int, help="images to render (default generate.batch_size)"
             )
         p.set_defaults(func=func)
+    from hpc_bliss.launch.submit import add_submit_parser
+
+    add_submit_parser(sub)
     for name, text in (
         ("inspect", "summarise a shard directory (splits, sources per tile, fluxes)"),
         ("validate", "check every shard of a directory; name each bad file (exit 1)"),

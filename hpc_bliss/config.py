@@ -145,6 +145,7 @@ class TrainConfig:
     devices: int = 1  #: processes (GPUs) per node; under SLURM, = tasks per node
     num_nodes: int = 1
     num_workers: int = -1  #: DataLoader workers per process (-1: 2 where the cores allow)
+    checkpoint_every_steps: int = 200  #: also write last.ckpt this often (preemption safety)
 
 
 @dataclass

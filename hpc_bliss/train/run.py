@@ -55,7 +55,16 @@ def build_trainer(cfg: Config, total_steps: int) -> pl.Trainer:
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
         max_time=timedelta(minutes=t.max_minutes) if t.max_minutes > 0 else None,
-        callbacks=[checkpoint],
+        callbacks=[
+            checkpoint,
+            # last.ckpt mid-epoch too, so a preempted job loses at most this many steps
+            ModelCheckpoint(
+                dirpath=out / "checkpoints",
+                save_top_k=0,
+                save_last=True,
+                every_n_train_steps=max(1, t.checkpoint_every_steps),
+            ),
+        ],
         logger=_loggers(out),
         log_every_n_steps=max(1, min(50, total_steps // 10)),
         enable_progress_bar=True,

@@ -1,0 +1,1 @@
+"""Launching stages as jobs: `submit.py` (submitit: SLURM, local processes or in-process)."""
