@@ -45,6 +45,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     print(f"command: python {shlex.join(sys.argv)}")
     cfg = load_config(args.config)
@@ -53,8 +54,11 @@ def main() -> int:
     batch = next(iter(DataLoader(train_set, batch_size=args.batch)))
     from hpc_bliss.catalog import TileCatalog
 
-    target = TileCatalog(train_set.tile_slen, dict(batch["tile_catalog"]))
-    enc = Encoder(len(train_set.bands), train_set.tile_slen, t.hidden, t.n_blocks)
+    dev = torch.device(args.device)
+    batch = {"images": batch["images"].to(dev), "tile_catalog": batch["tile_catalog"]}
+    target = TileCatalog(train_set.tile_slen, dict(batch["tile_catalog"])).to(dev)
+    enc = Encoder(len(train_set.bands), train_set.tile_slen, t.hidden, t.n_blocks).to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
 
     def step() -> None:
@@ -64,13 +68,20 @@ def main() -> int:
         opt.step()
 
     step()
+    sync()
     t0 = time.perf_counter()
     for _ in range(args.steps):
         step()
+    sync()
     step_rate = args.steps / (time.perf_counter() - t0)
+    where = (
+        torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
     print(
-        f"training: {step_rate:.2f} steps/s = {step_rate * args.batch:.1f} images/s "
-        f"(batch {args.batch}, {torch.get_num_threads()} threads)",
+        f"training on {where}: {step_rate:.2f} steps/s = {step_rate * args.batch:.1f} images/s "
+        f"(batch {args.batch})",
         flush=True,
     )
     loader = DataLoader(

@@ -23,4 +23,9 @@ echo "== render benchmark: CUDA beside CPU"
 skip=""
 "$py" -c "import galsim" 2>/dev/null || { skip="--skip-galsim"; echo "(galsim not installed: no GalSim column)"; }
 timeout 240 "$py" scripts/bench_render.py --n-galsim 2 --n-ours 128 --n-gpu 16384 $skip
+echo "== training benchmark on m2 shards generated here (CUDA)"
+data="$(mktemp -d)/m2"
+timeout 120 "$py" -m hpc_bliss generate configs/m2.yaml generate.output_dir="$data" \
+  generate.n_shards=4 >/dev/null && \
+  timeout 180 "$py" scripts/bench_train.py "$data" --device cuda --batch 32 --steps 20 --workers 4
 exit $status

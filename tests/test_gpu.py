@@ -35,3 +35,28 @@ def test_cuda_simulation_is_deterministic_and_sane(name):
     assert out1.images.is_cuda and torch.isfinite(out1.images).all()
     mean = cat1["n_sources"].float().mean().item()
     assert abs(mean - cfg.prior.mean_sources) < 0.1 * cfg.prior.mean_sources + 0.02
+
+
+def test_cuda_training_runs_and_checkpoints(tmp_path):
+    from hpc_bliss.parallel.generate import generate
+    from hpc_bliss.train.run import train
+
+    data = tmp_path / "data"
+    cfg = load_config(CONFIGS / "smoke.yaml", [f"generate.output_dir={data}"])
+    assert generate(cfg, log=lambda s: None) == 0
+    result = train(
+        load_config(
+            CONFIGS / "smoke.yaml",
+            [
+                f"train.data_dir={data}",
+                f"train.output_dir={tmp_path / 'train'}",
+                "train.accelerator=gpu",
+                "train.devices=1",
+                "train.max_epochs=2",
+                "train.num_workers=0",
+            ],
+        )
+    )
+    assert result["global_step"] == 4
+    ckpt = torch.load(result["last"], weights_only=True, map_location="cpu")
+    assert ckpt["global_step"] == 4
