@@ -120,6 +120,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from hpc_bliss.evaluate.run import evaluate
+
+    evaluate(load_config(args.config, args.overrides))
+    return 0
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     print("[pipeline] stages available so far: simulate (generate/train/evaluate come next)")
     return cmd_simulate(args)
@@ -132,12 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("simulate", cmd_simulate, "sample and render one batch; write a PNG and a summary"),
         ("generate", cmd_generate, "simulate HDF5 shards (under mpirun/srun: one rank each)"),
         ("train", cmd_train, "train the encoder on train.data_dir's shards (DDP if devices>1)"),
+        ("evaluate", cmd_evaluate, "score evaluate.checkpoint on evaluate.data_dir's test split"),
         ("pipeline", cmd_pipeline, "run every stage on this machine (a small local default)"),
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("config", help="YAML config file, e.g. configs/smoke.yaml")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=3")
-        if name == "train":
+        if name in ("train", "evaluate"):
             pass
         elif name == "generate":
             p.add_argument(

@@ -156,6 +156,7 @@ class EvaluateConfig:
     checkpoint: str = ""
     output_dir: str = "runs/evaluate"
     border_tiles: int = 1  #: tiles dropped on each side before scoring
+    match_slack: float = 1.0  #: pixels: a prediction within this distance may match a truth
 
 
 @dataclass

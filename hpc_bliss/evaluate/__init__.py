@@ -1,0 +1,1 @@
+"""Evaluation of inferred catalogs: source matching and count-based metrics."""

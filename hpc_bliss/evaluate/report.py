@@ -1,0 +1,153 @@
+"""The evaluation report: report.json (every number), report.md (tables) and PNGs (confusion
+matrix, precision/recall against magnitude, one held-out image with true, predicted and SEP
+sources marked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def markdown(report: dict) -> str:
+    e, s, m = report["encoder"], report["sep"], report["most_frequent"]
+    rows = [
+        (
+            "n_sources accuracy",
+            e["n_sources_accuracy"],
+            s["n_sources_accuracy"],
+            m["n_sources_accuracy"],
+        ),
+        ("n_sources within ±1", e["n_sources_within_1"], s["n_sources_within_1"], None),
+        ("detection precision", e["precision"], s["precision"], None),
+        ("detection recall", e["recall"], s["recall"], None),
+        ("detection F1", e["f1"], s["f1"], None),
+        (
+            "star/galaxy accuracy (matched)",
+            e["classification_accuracy"],
+            s["classification_accuracy"],
+            None,
+        ),
+    ]
+    lines = [
+        "# hpc-bliss evaluation",
+        "",
+        f"- checkpoint: `{report['checkpoint']}`",
+        f"- test shards: {report['test_shards']} ({report['processes']} process(es))",
+        f"- interior tiles: {report['n_tiles']} (border of {report['border_tiles']} tile(s) "
+        "dropped on each side)",
+        f"- truth: sources above {report['min_flux_threshold']} nmgy in r (what the encoder "
+        "was trained to detect)",
+        "",
+        f"| metric | encoder | SEP | always {m['count']} |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {name} | {_fmt(a)} | {_fmt(b)} | {_fmt(c)} |" for name, a, b, c in rows]
+    u = report["encoder_unfiltered_truth"]
+    lines += [
+        "",
+        "Against the unfiltered truth (every source, however faint): encoder n_sources "
+        f"accuracy {_fmt(u['n_sources_accuracy'])}, within ±1 {_fmt(u['n_sources_within_1'])}.",
+        "",
+        "Encoder flux error on matched pairs (MAPE per band): "
+        + ", ".join(_fmt(x) for x in (e["detection"].get("flux_mape") or [])),
+        "",
+        "![confusion](confusion.png) ![detection](detection_vs_mag.png) ![example](example.png)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _confusion_png(report: dict, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for ax, key in zip(axes, ("encoder", "sep"), strict=True):
+        mat = np.array(report[key]["confusion"], dtype=float)
+        norm = mat / np.maximum(mat.sum(1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), v in np.ndenumerate(mat):
+            if v:
+                ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=7)
+        ax.set_xlabel("predicted count")
+        ax.set_ylabel("true count")
+        ax.set_title(f"{key}: accuracy {_fmt(report[key]['n_sources_accuracy'])}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _detection_png(report: dict, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for key, style in (("encoder", "o-"), ("sep", "s--")):
+        det = report[key]["detection"]
+        for ax, which in zip(axes, ("recall", "precision"), strict=True):
+            table = det.get(f"{which}_by_mag")
+            if not table:
+                continue
+            edges = np.array(table["edges"], dtype=float)
+            rates = np.array([np.nan if r is None else r for r in table["rates"]], dtype=float)
+            centres = np.concatenate(
+                [[edges[0] - 0.5], (edges[:-1] + edges[1:]) / 2, [edges[-1] + 0.5]]
+            )[: len(rates)]
+            ax.plot(centres, rates, style, label=key)
+            ax.set_xlabel(f"{'true' if which == 'recall' else 'predicted'} r magnitude")
+            ax.set_ylabel(which)
+            ax.set_ylim(0, 1.02)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _example_png(example: dict, path: Path) -> None:
+    img = example["image"][2].numpy()
+    off = example["offset"]
+    lo, hi = np.percentile(img, [1, 99.5])
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.imshow(np.arcsinh((img - lo) / max(hi - lo, 1e-9) * 10), cmap="gray")
+    for key, marker, colour in (("truth", "o", "lime"), ("pred", "+", "red"), ("sep", "x", "cyan")):
+        cat = example[key]
+        n = int(cat["n_sources"][0])
+        plocs = cat["plocs"][0, :n].numpy() + off - 0.5  # interior → image pixel centres
+        ax.plot(
+            plocs[:, 1],
+            plocs[:, 0],
+            linestyle="none",
+            marker=marker,
+            markersize=5,
+            markerfacecolor="none",
+            markeredgecolor=colour,
+            markeredgewidth=0.8,
+            label=f"{key} ({n})",
+        )
+    ax.set_title("r band of a held-out image (interior sources)")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(report: dict, merged: dict, example: dict, out: Path, bands: list[str]) -> list:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [
+        out / "report.json",
+        out / "report.md",
+        out / "confusion.png",
+        out / "detection_vs_mag.png",
+        out / "example.png",
+    ]
+    paths[0].write_text(json.dumps(report, indent=2) + "\n")
+    paths[1].write_text(markdown(report))
+    _confusion_png(report, paths[2])
+    _detection_png(report, paths[3])
+    _example_png(example, paths[4])
+    return paths

@@ -1,0 +1,120 @@
+"""The evaluate stage end to end on smoke data: report files, the merge across processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpc_bliss.catalog import FullCatalog
+from hpc_bliss.config import load_config
+from hpc_bliss.evaluate.run import evaluate, interior, load_encoder
+from hpc_bliss.parallel.generate import generate
+from hpc_bliss.train.run import train
+from tests.conftest import CONFIGS, ROOT
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    data, out = root / "data", root / "train"
+    overrides = [
+        f"generate.output_dir={data}",
+        "generate.n_shards=8",
+        "generate.split=[0.5,0.25,0.25]",
+        f"train.data_dir={data}",
+        f"train.output_dir={out}",
+        "train.max_epochs=2",
+        "train.num_workers=0",
+        f"evaluate.data_dir={data}",
+    ]
+    cfg = load_config(CONFIGS / "smoke.yaml", overrides)
+    assert generate(cfg, log=lambda s: None) == 0
+    result = train(cfg)
+    return root, overrides + [f"evaluate.checkpoint={result['best']}"]
+
+
+def test_report_files_and_numbers(trained):
+    root, overrides = trained
+    cfg = load_config(CONFIGS / "smoke.yaml", [*overrides, f"evaluate.output_dir={root / 'r1'}"])
+    lines = []
+    report = evaluate(cfg, log=lines.append)
+    for name in (
+        "report.json",
+        "report.md",
+        "confusion.png",
+        "detection_vs_mag.png",
+        "example.png",
+    ):
+        assert (root / "r1" / name).stat().st_size > 0, name
+    on_disk = json.loads((root / "r1" / "report.json").read_text())
+    for key in (
+        "n_sources_accuracy",
+        "n_sources_within_1",
+        "precision",
+        "recall",
+        "f1",
+        "classification_accuracy",
+    ):
+        assert key in on_disk["encoder"] and key in on_disk["sep"]
+    assert 0 <= report["encoder"]["n_sources_accuracy"] <= 1
+    assert report["n_tiles"] == 2 * 8 * 18 * 18  # 2 test shards of 8 images, 20×20 tiles − border
+    assert report["test_shards"] == [6, 7]
+    assert report["most_frequent"]["count"] == 0
+    assert any("n_sources accuracy: encoder" in line for line in lines)
+
+
+def test_checkpoint_loads_with_weights_only(trained):
+    _, overrides = trained
+    ckpt = [o for o in overrides if o.startswith("evaluate.checkpoint=")][0].split("=", 1)[1]
+    encoder, hp = load_encoder(ckpt, torch.device("cpu"))
+    assert hp["tile_slen"] == 2 and not encoder.training
+
+
+def test_interior_keeps_sources_in_the_box():
+    cat = FullCatalog(
+        10,
+        10,
+        {
+            "n_sources": torch.tensor([3]),
+            "plocs": torch.tensor([[[1.0, 1.0], [5.0, 5.5], [9.5, 3.0]]]),
+        },
+    )
+    inner = interior(cat, 2.0, 6, 6)
+    assert int(inner["n_sources"][0]) == 1
+    torch.testing.assert_close(inner["plocs"][0, 0], torch.tensor([3.0, 3.5]))
+
+
+@pytest.mark.mpi
+def test_two_processes_equal_one(trained):
+    root, overrides = trained
+    # two test shards: each process scores one, rank 0 adds the counts
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    cmd = [
+        "mpirun",
+        "-n",
+        "2",
+        sys.executable,
+        "-m",
+        "hpc_bliss",
+        "evaluate",
+        str(CONFIGS / "smoke.yaml"),
+        *overrides,
+        f"evaluate.output_dir={root / 'r2'}",
+    ]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    one = json.loads((root / "r1" / "report.json").read_text()) if (root / "r1").exists() else None
+    if one is None:
+        cfg = load_config(
+            CONFIGS / "smoke.yaml", [*overrides, f"evaluate.output_dir={root / 'r1'}"]
+        )
+        one = evaluate(cfg, log=lambda s: None)
+    two = json.loads((root / "r2" / "report.json").read_text())
+    assert two["processes"] == 2
+    for key in ("encoder", "sep", "most_frequent", "n_tiles"):
+        assert two[key] == one[key], key
+    assert Path(root / "r2" / "report.md").exists()
