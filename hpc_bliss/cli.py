@@ -128,8 +128,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    print("[pipeline] stages available so far: simulate (generate/train/evaluate come next)")
-    return cmd_simulate(args)
+    """generate → train → evaluate on this machine, each stage resuming what is already done."""
+    from hpc_bliss.evaluate.run import evaluate
+    from hpc_bliss.parallel.generate import generate
+    from hpc_bliss.train.run import train
+
+    cfg = load_config(args.config, args.overrides)
+    cfg.train.data_dir = cfg.evaluate.data_dir = cfg.generate.output_dir
+    print(f"[pipeline] 1/3 generate → {cfg.generate.output_dir}")
+    if generate(cfg) != 0:
+        return 1
+    print(f"[pipeline] 2/3 train → {cfg.train.output_dir}")
+    result = train(cfg)
+    if result["rank"] != 0:
+        return 0
+    cfg.evaluate.checkpoint = result["best"] or result["last"]
+    print(f"[pipeline] 3/3 evaluate {cfg.evaluate.checkpoint} → {cfg.evaluate.output_dir}")
+    evaluate(cfg)
+    out = cfg.evaluate.output_dir
+    print(
+        f"[pipeline] done: {out}/report.md, {out}/confusion.png, {out}/detection_vs_mag.png, "
+        f"{out}/example.png"
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("config", help="YAML config file, e.g. configs/smoke.yaml")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=3")
-        if name in ("train", "evaluate"):
+        if name in ("train", "evaluate", "pipeline"):
             pass
         elif name == "generate":
             p.add_argument(

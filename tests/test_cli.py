@@ -31,3 +31,19 @@ def test_bad_config_is_one_line_error(tmp_path, capsys):
     assert err.startswith("hpc-bliss: error:") and "prior.max_sources" in err
     assert main(["validate", str(tmp_path / "nowhere")]) == 1
     assert "nowhere" in capsys.readouterr().out
+
+
+def test_pipeline_runs_every_stage_and_resumes(tmp_path, capsys):
+    dirs = [
+        f"generate.output_dir={tmp_path / 'data'}",
+        f"train.output_dir={tmp_path / 'train'}",
+        f"evaluate.output_dir={tmp_path / 'eval'}",
+        "train.num_workers=0",
+    ]
+    assert main(["pipeline", str(CONFIGS / "smoke.yaml"), *dirs]) == 0
+    out = capsys.readouterr().out
+    assert "[pipeline] 3/3 evaluate" in out and "n_sources accuracy: encoder" in out
+    assert (tmp_path / "eval" / "report.json").is_file()
+    assert main(["pipeline", str(CONFIGS / "smoke.yaml"), *dirs]) == 0
+    again = capsys.readouterr().out
+    assert again.count("exists and is valid: skipped") == 4  # generation resumed, not redone
