@@ -123,7 +123,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from hpc_bliss.evaluate.run import evaluate
 
-    evaluate(load_config(args.config, args.overrides))
+    # `ckpt=PATH` is accepted as a short form of `evaluate.checkpoint=PATH`
+    overrides = [
+        "evaluate.checkpoint=" + o[5:] if o.startswith("ckpt=") else o for o in args.overrides
+    ]
+    evaluate(load_config(args.config, overrides))
     return 0
 
 

@@ -157,6 +157,7 @@ class EvaluateConfig:
     output_dir: str = "runs/evaluate"
     border_tiles: int = 1  #: tiles dropped on each side before scoring
     match_slack: float = 1.0  #: pixels: a prediction within this distance may match a truth
+    sep_threshold: float = 1.5  #: SEP detection threshold, in units of the sky noise σ
 
 
 @dataclass

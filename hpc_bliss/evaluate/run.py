@@ -127,7 +127,7 @@ def evaluate(
             p["encoder_tiles"].update(pred["n_sources"], t_in["n_sources"])
             p["encoder_tiles_unfiltered"].update(pred["n_sources"], t_all["n_sources"])
             # SEP on the same images: counts per tile and detections in the interior
-            sep = sep_catalog(images.numpy(), background.numpy(), nelec)
+            sep = sep_catalog(images.numpy(), background.numpy(), nelec, thresh=e.sep_threshold)
             sep_n = sep_tile_counts(sep, ts)
             if border:
                 sep_n = sep_n[:, border:-border, border:-border]
