@@ -215,7 +215,7 @@ def test_slurm_preempted_job_resumes_then_resubmission_continues(
     assert _run("scancel", "--signal=USR2", job.job_id).returncode == 0
     requeued = {"JobState": "PENDING", "Restarts": "1", "Reason": "BeginTime"}
     _until("not requeued", lambda: requeued.items() <= _job_fields(job.job_id).items(), 30, folder)
-    preempted_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    preempted_at = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     assert 1 <= preempted_at < 6
     # a requeued job may start again only ~2 min later (its BeginTime): skip the wait
     assert _run("scontrol", "update", f"JobId={job.job_id}", "StartTime=now").returncode == 0
