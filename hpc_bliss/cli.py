@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -10,7 +14,7 @@ from pathlib import Path
 import torch
 
 from hpc_bliss.config import Config, load_config
-from hpc_bliss.errors import HpcBlissError
+from hpc_bliss.errors import HpcBlissError, LaunchError
 
 
 def _simulate(cfg: Config, out_dir: Path, n_images: int | None = None) -> dict:
@@ -131,24 +135,58 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pipeline(args: argparse.Namespace) -> int:
-    """generate → train → evaluate on this machine, each stage resuming what is already done."""
-    from hpc_bliss.evaluate.run import evaluate
-    from hpc_bliss.parallel.generate import generate
-    from hpc_bliss.train.run import train
+def _local_mpirun(processes: int) -> list[str] | None:
+    """An `mpirun -n N` prefix when N > 1 and Open MPI + mpi4py are usable here, else None."""
+    if processes < 2 or shutil.which("mpirun") is None:
+        return None
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return None
+    extra = ["--oversubscribe"] if processes > (os.cpu_count() or 1) else []
+    return ["mpirun", "-n", str(processes), *extra]
 
+
+def _run_stage(name: str, cmd: list[str]) -> None:
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    if subprocess.run(cmd, env=env).returncode != 0:
+        raise LaunchError(f"pipeline stage '{name}' failed: {shlex.join(cmd)}")
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    """generate → train → evaluate on this machine, each stage resuming what is already done:
+    generation and evaluation with `--processes` MPI ranks (when mpirun and mpi4py work),
+    training as `--processes` DDP processes (CPU/gloo, or one per GPU)."""
     cfg = load_config(args.config, args.overrides)
-    cfg.train.data_dir = cfg.evaluate.data_dir = cfg.generate.output_dir
-    print(f"[pipeline] 1/3 generate → {cfg.generate.output_dir}")
-    if generate(cfg) != 0:
-        return 1
-    print(f"[pipeline] 2/3 train → {cfg.train.output_dir}")
-    result = train(cfg)
-    if result["rank"] != 0:
-        return 0
-    cfg.evaluate.checkpoint = result["best"] or result["last"]
-    print(f"[pipeline] 3/3 evaluate {cfg.evaluate.checkpoint} → {cfg.evaluate.output_dir}")
-    evaluate(cfg)
+    n = max(1, args.processes)
+    py = [sys.executable, "-m", "hpc_bliss"]
+    data = cfg.generate.output_dir
+    common = [
+        str(args.config),
+        *args.overrides,
+        f"train.data_dir={data}",
+        f"evaluate.data_dir={data}",
+    ]
+    mpirun = _local_mpirun(n) or []
+    ranks = int(mpirun[2]) if mpirun else 1
+    print(f"[pipeline] 1/3 generate → {data} ({ranks} rank(s))", flush=True)
+    _run_stage("generate", [*mpirun, *py, "generate", *common])
+    gpus = torch.cuda.device_count()
+    devices = min(n, gpus) if gpus else n
+    accel = "gpu" if gpus else "cpu"
+    print(
+        f"[pipeline] 2/3 train → {cfg.train.output_dir} ({devices} {accel} process(es))", flush=True
+    )
+    _run_stage(
+        "train", [*py, "train", *common, f"train.devices={devices}", f"train.accelerator={accel}"]
+    )
+    ckpt = Path(cfg.train.output_dir) / "checkpoints" / "best.ckpt"
+    if not ckpt.exists():
+        ckpt = ckpt.with_name("last.ckpt")
+    print(
+        f"[pipeline] 3/3 evaluate {ckpt} → {cfg.evaluate.output_dir} ({ranks} rank(s))", flush=True
+    )
+    _run_stage("evaluate", [*mpirun, *py, "evaluate", *common, f"evaluate.checkpoint={ckpt}"])
     out = cfg.evaluate.output_dir
     print(
         f"[pipeline] done: {out}/report.md, {out}/confusion.png, {out}/detection_vs_mag.png, "
@@ -170,7 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("config", help="YAML config file, e.g. configs/smoke.yaml")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=3")
-        if name in ("train", "evaluate", "pipeline"):
+        if name == "pipeline":
+            p.add_argument(
+                "--processes",
+                type=int,
+                default=2,
+                help="MPI ranks for generate/evaluate and DDP processes for train",
+            )
+        elif name in ("train", "evaluate"):
             pass
         elif name == "generate":
             p.add_argument(

@@ -1,4 +1,6 @@
-"""The command line, end to end in-process."""
+"""The command line, end to end."""
+
+import json
 
 import h5py
 
@@ -33,7 +35,8 @@ def test_bad_config_is_one_line_error(tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().out
 
 
-def test_pipeline_runs_every_stage_and_resumes(tmp_path, capsys):
+def test_pipeline_runs_every_stage_and_resumes(tmp_path, capfd):
+    """2 MPI ranks generate and evaluate, 2 CPU DDP processes train; a rerun resumes."""
     dirs = [
         f"generate.output_dir={tmp_path / 'data'}",
         f"train.output_dir={tmp_path / 'train'}",
@@ -41,9 +44,11 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, capsys):
         "train.num_workers=0",
     ]
     assert main(["pipeline", str(CONFIGS / "smoke.yaml"), *dirs]) == 0
-    out = capsys.readouterr().out
-    assert "[pipeline] 3/3 evaluate" in out and "n_sources accuracy: encoder" in out
-    assert (tmp_path / "eval" / "report.json").is_file()
+    out = capfd.readouterr().out
+    assert "(2 rank(s))" in out and "(2 cpu process(es))" in out
+    assert "n_sources accuracy: encoder" in out and "[pipeline] done" in out
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["processes"] == 2 and 0 <= report["encoder"]["n_sources_accuracy"] <= 1
     assert main(["pipeline", str(CONFIGS / "smoke.yaml"), *dirs]) == 0
-    again = capsys.readouterr().out
+    again = capfd.readouterr().out
     assert again.count("exists and is valid: skipped") == 4  # generation resumed, not redone
