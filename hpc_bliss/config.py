@@ -153,7 +153,7 @@ class EvaluateConfig:
     """Evaluation on held-out shards."""
 
     data_dir: str = "runs/data"
-    checkpoint: str = ""
+    checkpoint: str = ""  #: empty: train.output_dir/checkpoints/best.ckpt (else last.ckpt)
     output_dir: str = "runs/evaluate"
     border_tiles: int = 1  #: tiles dropped on each side before scoring
     match_slack: float = 1.0  #: pixels: a prediction within this distance may match a truth

@@ -41,6 +41,13 @@ def load_encoder(path: str | Path, device: torch.device) -> tuple[Encoder, dict]
     return enc.to(device).eval(), dict(hp)
 
 
+def default_checkpoint(cfg: Config) -> Path:
+    """``train.output_dir``'s best checkpoint (its last one if there is no best)."""
+    folder = Path(cfg.train.output_dir) / "checkpoints"
+    best = folder / "best.ckpt"
+    return best if best.exists() else folder / "last.ckpt"
+
+
 def interior(cat: FullCatalog, offset: float, height: int, width: int) -> FullCatalog:
     """Sources inside the interior box [offset, offset + height) × [offset, offset + width),
     in the box's coordinates."""
@@ -100,7 +107,8 @@ def evaluate(
     env = env or detect()
     e = cfg.evaluate
     device = pick_device(cfg.generate.device, env)
-    encoder, hp = load_encoder(e.checkpoint, device)
+    checkpoint = e.checkpoint or default_checkpoint(cfg)
+    encoder, hp = load_encoder(checkpoint, device)
     data = ShardDataset(e.data_dir, "test")
     min_flux = float(hp.get("min_flux_threshold", cfg.train.min_flux_threshold))
     border = int(e.border_tiles)
@@ -179,7 +187,7 @@ def evaluate(
         "border_tiles": border,
         "test_shards": sorted(data.shard_ids),
         "processes": len(gathered),
-        "checkpoint": str(e.checkpoint),
+        "checkpoint": str(checkpoint),
         "seconds": round(time.perf_counter() - t0, 2),
         "config": to_yaml(cfg),
     }
