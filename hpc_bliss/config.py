@@ -189,7 +189,7 @@ class Config:
 
 def _describe(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None)
-    msg = getattr(err, "msg", None) or str(err).splitlines()[0]
+    msg = (getattr(err, "msg", None) or str(err)).strip().splitlines()[0]
     return f"key '{key}': {msg}" if key else msg
 
 
