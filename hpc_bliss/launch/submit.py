@@ -361,7 +361,11 @@ def add_submit_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add `submit` to the CLI's subparsers (``argparse._SubParsersAction``)."""
     text = "submit a stage as a job (SLURM via submitit, local processes, or in-process)"
     p = subparsers.add_parser("submit", help=text, description=text)
-    p.add_argument("kind", choices=KINDS, help="the stage to run (only 'train' so far)")
+    p.add_argument(
+        "kind",
+        choices=KINDS,
+        help="train, or pipeline (generate → train → evaluate as dependent SLURM jobs)",
+    )
     p.add_argument("config", help="YAML config file, e.g. configs/m2.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.devices=4")
     p.add_argument("--nodes", type=int, help="nodes (default launch.nodes)")
@@ -384,6 +388,10 @@ def add_submit_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    if args.kind == "pipeline":
+        from hpc_bliss.launch.chain import cmd_submit_pipeline
+
+        return cmd_submit_pipeline(args)
     cfg = load_config(args.config, args.overrides)
     launch = cfg.launch
     gpus = launch.gpus_per_node if args.gpus_per_node is None else args.gpus_per_node
