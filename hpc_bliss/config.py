@@ -56,16 +56,22 @@ class PriorConfig:
     mean_sources: float = 0.48  #: Poisson mean of sources per tile (then clipped at max)
     prob_galaxy: float = 0.0  #: probability a source is a galaxy
     star_flux: PowerLawFlux = field(default_factory=PowerLawFlux)
-    #: mean and std of the star colours, magnitudes relative to the reference band, per band
-    star_color_mean: list[float] = field(default_factory=lambda: [1.6, 0.55, 0.0, -0.15, -0.25])
-    star_color_std: list[float] = field(default_factory=lambda: [0.6, 0.3, 0.0, 0.15, 0.2])
+    #: star colours per band: mean and std of the magnitude relative to the reference band
+    star_color_mean: list[float] = field(
+        default_factory=lambda: [1.6, 0.55, 0.0, -0.15, -0.25]
+    )  #: mag
+    star_color_std: list[float] = field(default_factory=lambda: [0.6, 0.3, 0.0, 0.15, 0.2])  #: mag
     galaxy_flux: PowerLawFlux = field(default_factory=lambda: PowerLawFlux(1.0, 1.0e3, 0.5))
-    galaxy_color_mean: list[float] = field(default_factory=lambda: [1.8, 0.7, 0.0, -0.4, -0.7])
-    galaxy_color_std: list[float] = field(default_factory=lambda: [0.5, 0.2, 0.0, 0.15, 0.2])
+    galaxy_color_mean: list[float] = field(
+        default_factory=lambda: [1.8, 0.7, 0.0, -0.4, -0.7]
+    )  #: mag relative to the reference band, per band
+    galaxy_color_std: list[float] = field(
+        default_factory=lambda: [0.5, 0.2, 0.0, 0.15, 0.2]
+    )  #: mag, per band
     #: semi-major half-light radius of the disk, arcsec: loc + scale * Gamma(concentration)
-    galaxy_a_loc: float = 0.4
-    galaxy_a_scale: float = 0.8
-    galaxy_a_concentration: float = 1.5
+    galaxy_a_loc: float = 0.4  #: arcsec: a_d = loc + scale · Gamma(concentration)
+    galaxy_a_scale: float = 0.8  #: arcsec
+    galaxy_a_concentration: float = 1.5  #: Gamma shape (dimensionless)
     galaxy_a_bd_ratio: float = 2.0  #: a_d / a_b (disk larger than bulge)
     galaxy_q_min: float = 0.2  #: axis ratios b/a are uniform in [q_min, 1]
     lensing: LensingConfig = field(default_factory=LensingConfig)
@@ -88,12 +94,24 @@ class PsfConfig:
     Defaults are typical of SDSS psField fits at ~1.4 arcsec seeing.
     """
 
-    sigma1: list[float] = field(default_factory=lambda: [1.45, 1.35, 1.25, 1.2, 1.25])
-    sigma2: list[float] = field(default_factory=lambda: [3.2, 3.0, 2.9, 2.8, 2.9])
-    b: list[float] = field(default_factory=lambda: [0.1, 0.1, 0.1, 0.1, 0.1])
-    sigmap: list[float] = field(default_factory=lambda: [1.7, 1.6, 1.6, 1.5, 1.6])
-    beta: list[float] = field(default_factory=lambda: [3.2, 3.2, 3.2, 3.2, 3.2])
-    p0: list[float] = field(default_factory=lambda: [0.05, 0.05, 0.05, 0.05, 0.05])
+    sigma1: list[float] = field(
+        default_factory=lambda: [1.45, 1.35, 1.25, 1.2, 1.25]
+    )  #: core Gaussian σ, px, per band
+    sigma2: list[float] = field(
+        default_factory=lambda: [3.2, 3.0, 2.9, 2.8, 2.9]
+    )  #: second Gaussian σ, px, per band
+    b: list[float] = field(
+        default_factory=lambda: [0.1, 0.1, 0.1, 0.1, 0.1]
+    )  #: second Gaussian peak relative to the core, per band
+    sigmap: list[float] = field(
+        default_factory=lambda: [1.7, 1.6, 1.6, 1.5, 1.6]
+    )  #: power-law width σp, px, per band
+    beta: list[float] = field(
+        default_factory=lambda: [3.2, 3.2, 3.2, 3.2, 3.2]
+    )  #: power-law index β (> 2), per band
+    p0: list[float] = field(
+        default_factory=lambda: [0.05, 0.05, 0.05, 0.05, 0.05]
+    )  #: power-law peak relative to the core, per band
     radius: float = 15.0  #: truncation radius, pixels
 
 
@@ -104,7 +122,9 @@ class RenderConfig:
     pixel_scale: float = 0.396  #: arcsec per pixel
     psf: PsfConfig = field(default_factory=PsfConfig)
     sky: list[float] = field(default_factory=lambda: [0.25, 0.27, 0.69, 1.3, 4.3])  #: nmgy/px
-    nelec_per_nmgy: list[float] = field(default_factory=lambda: [170.0, 730.0, 860.0, 640.0, 150.0])
+    nelec_per_nmgy: list[float] = field(
+        default_factory=lambda: [170.0, 730.0, 860.0, 640.0, 150.0]
+    )  #: electrons per nanomaggy (gain × calibration), per band
     pad: int = 8  #: FFT padding, px: light may reach 2·pad beyond the image edge (> psf.radius/2)
     add_noise: bool = True  #: Poisson noise in electrons
     units: str = "nmgy"  #: "nmgy" (sky-subtracted), "nmgy_sky" (with sky) or "electrons"
@@ -177,7 +197,7 @@ class LaunchConfig:
 class Config:
     """The whole configuration."""
 
-    name: str = "default"
+    name: str = "default"  #: a label for the run (printed, recorded in shards)
     seed: int = 0  #: global seed; every random stream derives from (seed, purpose, index)
     prior: PriorConfig = field(default_factory=PriorConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
