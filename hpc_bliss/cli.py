@@ -19,12 +19,13 @@ from hpc_bliss.errors import HpcBlissError, LaunchError
 
 def _simulate(cfg: Config, out_dir: Path, n_images: int | None = None) -> dict:
     """Sample and render one batch, save a PNG of the first image, return a summary."""
+    from hpc_bliss.parallel.env import detect, pick_device
     from hpc_bliss.plotting import plot_bands
     from hpc_bliss.seeding import make_generator
-    from hpc_bliss.simulate.batch import make_renderer, resolve_device
+    from hpc_bliss.simulate.batch import make_renderer
     from hpc_bliss.simulate.prior import sample_prior
 
-    device = resolve_device(cfg.generate.device)
+    device = pick_device(cfg.generate.device, detect(use_mpi=False))
     n = n_images or cfg.generate.batch_size
     gen = make_generator(cfg.seed, "preview", device=device)
     renderer = make_renderer(cfg, device)

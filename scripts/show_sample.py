@@ -15,9 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hpc_bliss.config import load_config  # noqa: E402
+from hpc_bliss.parallel.env import detect, pick_device  # noqa: E402
 from hpc_bliss.plotting import plot_bands  # noqa: E402
 from hpc_bliss.seeding import make_generator  # noqa: E402
-from hpc_bliss.simulate.batch import make_renderer, resolve_device, simulate_batch  # noqa: E402
+from hpc_bliss.simulate.batch import make_renderer, simulate_batch  # noqa: E402
 
 
 def main() -> int:
@@ -29,7 +30,7 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="PNG path (default runs/<name>/sample.png)")
     args = parser.parse_args()
     cfg = load_config(args.config, args.overrides)
-    device = resolve_device(cfg.generate.device)
+    device = pick_device(cfg.generate.device, detect(use_mpi=False))
     gen = make_generator(cfg.seed, "show_sample", device=device)
     catalog, batch = simulate_batch(
         cfg, max(args.n_images, args.index + 1), gen, make_renderer(cfg, device)

@@ -18,7 +18,7 @@ from hpc_bliss.config import load_config
 from hpc_bliss.errors import ConfigError, ShardError
 from hpc_bliss.io import shards as shards_mod
 from hpc_bliss.io.manifest import split_counts, split_of
-from hpc_bliss.io.shards import CATALOG_SPEC, validate_shard
+from hpc_bliss.io.shards import CATALOG_SPEC, DATASET_NAMES, validate_shard
 from hpc_bliss.parallel.generate import generate
 from tests.conftest import CONFIGS, ROOT
 
@@ -44,9 +44,7 @@ def _hashes(out):
 
 def _datasets(path):
     with h5py.File(path, "r") as f:
-        names = ["images", "background", "psf_params"]
-        names += [f"tile_catalog/{k}" for k in CATALOG_SPEC]
-        return {n: f[n][()] for n in names}
+        return {n: f[n][()] for n in DATASET_NAMES}
 
 
 @pytest.fixture(scope="module")
@@ -249,14 +247,7 @@ def test_mpio_writes_one_collective_file_equal_to_the_shards(reference, tmp_path
     with h5py.File(out / "collective.h5", "r") as mine, h5py.File(reference / "dataset.h5") as ref:
         assert mine.attrs["config_hash"] == ref.attrs["config_hash"]
         for split in ("train", "val", "test"):
-            for name in (
-                "images",
-                "background",
-                "psf_params",
-                "shard_id",
-                "index_in_shard",
-                *(f"tile_catalog/{k}" for k in CATALOG_SPEC),
-            ):
+            for name in (*DATASET_NAMES, "shard_id", "index_in_shard"):
                 np.testing.assert_array_equal(
                     mine[f"{split}/{name}"][()], ref[f"{split}/{name}"][()]
                 )

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from hpc_bliss.errors import ConfigError
-from hpc_bliss.io.shards import CATALOG_SPEC, IMAGE_KEYS, SCHEMA_VERSION, shard_name
+from hpc_bliss.io.shards import DATASET_NAMES, SCHEMA_VERSION, shard_name
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
@@ -82,8 +82,7 @@ def write_virtual_dataset(out_dir: Path, shards: list[dict], attrs: dict) -> Pat
             group = f.create_group(split)
             with h5py.File(out_dir / members[0]["file"], "r") as first:
                 layouts = {
-                    name: (first[name].shape[1:], first[name].dtype)
-                    for name in [*IMAGE_KEYS, *(f"tile_catalog/{k}" for k in CATALOG_SPEC)]
+                    name: (first[name].shape[1:], first[name].dtype) for name in DATASET_NAMES
                 }
                 units = {name: first[name].attrs.get("units", "") for name in layouts}
             total = sum(s["n_images"] for s in members)

@@ -52,6 +52,8 @@ CATALOG_SPEC: dict[str, tuple[str, str]] = {
     "convergence": ("float32", "kappa (dimensionless)"),
 }
 IMAGE_KEYS = ("images", "background", "psf_params")
+#: every dataset of a shard, in the fixed order the content hash uses
+DATASET_NAMES = (*IMAGE_KEYS, *(f"tile_catalog/{k}" for k in CATALOG_SPEC))
 REQUIRED_ATTRS = (
     "schema_version",
     "hpc_bliss_version",
@@ -85,10 +87,13 @@ class ShardData:
 
     def datasets(self) -> list[tuple[str, np.ndarray]]:
         """(path in the file, array) in the fixed order the content hash uses."""
-        out = [("images", self.images), ("background", self.background)]
-        out.append(("psf_params", self.psf_params))
-        out += [(f"tile_catalog/{k}", self.catalog[k]) for k in CATALOG_SPEC]
-        return out
+        arrays = {
+            "images": self.images,
+            "background": self.background,
+            "psf_params": self.psf_params,
+        }
+        arrays.update({f"tile_catalog/{k}": v for k, v in self.catalog.items()})
+        return [(name, arrays[name]) for name in DATASET_NAMES]
 
     @property
     def n_images(self) -> int:
@@ -114,7 +119,7 @@ def _fsync_dir(path: Path) -> None:
 
 def write_shard(path: Path, data: ShardData, attrs: dict, compression: str = "gzip") -> dict:
     """Write ``data`` to ``path`` atomically: ``path.tmp`` is written, flushed, fsynced, then
-    renamed, so a shard file that exists is whole. Returns {bytes, content_sha256}.
+    renamed, so a shard file that exists is whole. Returns the root attributes written.
 
     Raises :class:`ShardError` naming the file for an unwritable directory or a full disk;
     the partial ``.tmp`` is removed and nothing already written is touched.
@@ -157,7 +162,7 @@ def write_shard(path: Path, data: ShardData, attrs: dict, compression: str = "gz
         tmp.unlink(missing_ok=True)
         reason = "disk full (no space left on device)" if err.errno == errno.ENOSPC else err
         raise ShardError(f"cannot write {path}: {reason}") from err
-    return {"bytes": path.stat().st_size, "content_sha256": digest}
+    return meta
 
 
 def _image_units(name: str, units: str) -> str:
@@ -212,8 +217,7 @@ def validate_shard(
                 )
             n = attrs["n_images"]
             items: list[tuple[str, np.ndarray]] = []
-            names = list(IMAGE_KEYS) + [f"tile_catalog/{k}" for k in CATALOG_SPEC]
-            for name in names:
+            for name in DATASET_NAMES:
                 if name not in f:
                     problems.append(f"{path}: dataset {name} missing")
                     continue

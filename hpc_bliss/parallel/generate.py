@@ -257,8 +257,7 @@ class _ShardRun:
                     "rank": self.env.rank,
                     "device": str(self.renderer.device),
                 }
-                write_shard(path, data, attrs, g.compression)
-                record = _record(path, read_attrs(path), 0.0)
+                record = _record(path, write_shard(path, data, attrs, g.compression), 0.0)
             else:
                 _, offset = shard_offset(sid, g.n_shards, list(g.split), g.images_per_shard)
                 writer.write_shard(split, offset, sid, data)

@@ -10,13 +10,6 @@ from hpc_bliss.simulate.prior import sample_prior
 from hpc_bliss.simulate.render import RenderedBatch, Renderer
 
 
-def resolve_device(spec: str) -> torch.device:
-    """ "auto" → CUDA when available, else CPU; otherwise the device named."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
-
-
 def make_renderer(cfg: Config, device: torch.device | str) -> Renderer:
     return Renderer(cfg.render, cfg.prior.image_height, cfg.prior.image_width, device)
 
