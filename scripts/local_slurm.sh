@@ -3,16 +3,27 @@
 #
 #   scripts/local_slurm.sh install   # apt-get the missing packages (idempotent, quick when done)
 #   scripts/local_slurm.sh start     # munge, mariadb, slurmdbd, slurmctld, slurmd; wait until idle
+#   scripts/local_slurm.sh start --nodes 2   # the same with two nodes, node1 and node2 (below)
 #   scripts/local_slurm.sh status    # sinfo and each daemon; exit 0 if healthy, 1 otherwise
 #   scripts/local_slurm.sh stop      # stop what `start` started, by pid file (TERM, wait, KILL)
 #   scripts/local_slurm.sh env       # export lines the tests need (none at present)
+#
+# One node (the default): this host, at 127.0.0.1. N nodes (--nodes N, 2..9, or
+# HPC_BLISS_SLURM_NODES=N): node1..nodeN are network namespaces hpcb-n1..hpcb-nN, each with its
+# own hostname (UTS namespace) and one interface, mn0, at $NET.K (default 10.77.0.K) on a
+# bridge hpcb-br0 ($NET.254, where slurmctld listens). There is no route out of them: MPI, gloo
+# and slurm traffic between "nodes" crosses the bridge only. /etc/hosts gets a line per node
+# (marked, removed again by `stop`); one slurmd runs inside each namespace. Each node
+# advertises one GPU as a GRES count with no device behind it, so --gpus-per-node jobs are
+# scheduled as on a GPU cluster; the jobs find no CUDA and run on the CPU.
 #
 # State (configs copies, databases, spool, pid files, logs) lives in $HPC_BLISS_SLURM_DIR
 # (default /tmp/hpc-bliss-slurm); `start` wipes the state of a previous, dead cluster.
 # slurm.conf and slurmdbd.conf are written to /etc/slurm, where sinfo/sbatch/srun/sacct look
 # without any environment variable. Other settings: HPC_BLISS_SLURM_TIMEOUT (seconds to wait
 # for the cluster, default 90), HPC_BLISS_SLURM_DB_PORT (MariaDB TCP port on 127.0.0.1,
-# default 3307, so that a MariaDB already on 3306 is left alone).
+# default 3307, so that a MariaDB already on 3306 is left alone), HPC_BLISS_SLURM_NET (the
+# first three octets of the nodes' /24 network, default 10.77.0).
 set -euo pipefail
 
 STATE_DIR="${HPC_BLISS_SLURM_DIR:-/tmp/hpc-bliss-slurm}"
@@ -22,9 +33,16 @@ CLUSTER=hpcbliss
 CONF_DIR=/etc/slurm
 MARKER="# Written by hpc_bliss scripts/local_slurm.sh"
 STAMP=.hpc-bliss-slurm # a file in STATE_DIR: only such a directory is ever wiped
-PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server libpmix-dev)
-# Daemons in start order; `stop` goes the other way.
-DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)
+PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server libpmix-dev iproute2)
+# Daemons in start order (then one slurmd per node); `stop` goes the other way.
+DAEMONS=(munged mariadbd slurmdbd slurmctld)
+NODES="${HPC_BLISS_SLURM_NODES:-}" # nodes asked for; default: as running, else 1
+NET="${HPC_BLISS_SLURM_NET:-10.77.0}"
+BRIDGE=hpcb-br0
+NS_PREFIX=hpcb-n  # namespaces hpcb-n1, hpcb-n2, ...
+VETH_PREFIX=hpcb-v # the bridge's end of each node's link
+NODE_IF=mn0        # the node's end: one name on every node (GLOO_SOCKET_IFNAME=mn0 fits all)
+HOSTS_MARK="# hpc-bliss local_slurm node"
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -103,20 +121,106 @@ log_tail() { # log_tail FILE...: the last lines of each log, for error messages
 munge_ok() { munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
 db_ok() { mariadb-admin --no-defaults --socket="$STATE_DIR/mysql/mysqld.sock" ping >/dev/null 2>&1; }
 ctld_up() { timeout 10 scontrol ping >/dev/null 2>&1; } # instant; sinfo retries for 9 s
-node_state() { ctld_up && timeout 10 sinfo -h -o %T 2>/dev/null | head -n 1; }
-node_ok() { [[ $(node_state) =~ ^(idle|mixed|allocated|completing)$ ]]; }
-node_idle() { [[ $(node_state) == idle ]]; }
-# Stops the wait for the node when a slurm daemon died (its log says why).
-node_idle_or_dead() {
-  node_idle || ! daemon_pid slurmctld >/dev/null || ! daemon_pid slurmd >/dev/null
+node_states() { ctld_up && timeout 10 sinfo -h -N -o %T 2>/dev/null; }
+# all_nodes REGEX: the cluster has the nodes this state dir records, each in a matching state.
+all_nodes() {
+  local states s n
+  states=$(node_states) || return 1
+  n=$(wc -w <<<"$states")
+  ((n > 0 && n == $(recorded_nodes))) || return 1
+  for s in $states; do [[ $s =~ ^($1)$ ]] || return 1; done
 }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+node_ok() { all_nodes 'idle|mixed|allocated|completing'; }
+node_idle() { all_nodes idle; }
+slurmds_alive() {
+  local name
+  for name in $(node_names); do daemon_pid "slurmd.$name" >/dev/null || return 1; done
+}
+# Stops the wait for the nodes when a slurm daemon died (its log says why).
+node_idle_or_dead() { node_idle || ! daemon_pid slurmctld >/dev/null || ! slurmds_alive; }
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; } # port_open ADDRESS PORT
 sacct_ok() { timeout 10 sacct -n -X -o JobID >/dev/null 2>&1; }
 healthy() {
   local d
   munge_ok || return 1
-  for d in mariadbd slurmdbd slurmctld slurmd; do daemon_pid "$d" >/dev/null || return 1; done
-  node_ok && sacct_ok
+  for d in mariadbd slurmdbd slurmctld; do daemon_pid "$d" >/dev/null || return 1; done
+  slurmds_alive && node_ok && sacct_ok
+}
+
+# ---------------------------------------------------------------------------------------------
+# Nodes. The count is recorded in the state dir by `start`; names and addresses follow from it.
+recorded_nodes() { cat "$STATE_DIR/nodes" 2>/dev/null || echo 1; }
+node_names() { # this host, or node1..nodeN
+  local n i
+  n=$(recorded_nodes)
+  if ((n == 1)); then hostname -s; else for ((i = 1; i <= n; i++)); do echo "node$i"; done; fi
+}
+node_addr() { # node_addr NAME
+  if [[ $1 =~ ^node([0-9])$ ]] && (($(recorded_nodes) > 1)); then echo "$NET.${BASH_REMATCH[1]}"; else echo 127.0.0.1; fi
+}
+ctld_addr() { if (($(recorded_nodes) > 1)); then echo "$NET.254"; else echo 127.0.0.1; fi; }
+
+# The bridge, one namespace per node with its link and address, and the /etc/hosts lines.
+net_up() {
+  local n=$1 i ns used
+  used=$(ip -o -4 addr show | awk '{print $2, $4}' | grep -F " $NET." | grep -v "^$BRIDGE " || true)
+  [[ -z $used ]] || die "the network $NET.0/24 is already in use here ($used): set HPC_BLISS_SLURM_NET"
+  ip link add "$BRIDGE" type bridge
+  ip addr add "$NET.254/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+  for ((i = 1; i <= n; i++)); do
+    ns=$NS_PREFIX$i
+    ip netns add "$ns"
+    ip link add "$VETH_PREFIX$i" type veth peer name "$NODE_IF" netns "$ns"
+    ip link set "$VETH_PREFIX$i" master "$BRIDGE"
+    ip link set "$VETH_PREFIX$i" up
+    ip -n "$ns" addr add "$NET.$i/24" dev "$NODE_IF"
+    ip -n "$ns" link set "$NODE_IF" up
+    ip -n "$ns" link set lo up
+  done
+  hosts_lines_removed
+  for ((i = 1; i <= n; i++)); do echo "$NET.$i node$i $HOSTS_MARK" >>/etc/hosts; done
+}
+# /etc/hosts without our lines. Rewritten in place: in containers it is often a bind mount.
+hosts_lines_removed() {
+  local kept
+  grep -qF "$HOSTS_MARK" /etc/hosts 2>/dev/null || return 0
+  kept=$(grep -vF "$HOSTS_MARK" /etc/hosts || true)
+  printf '%s\n' "$kept" >/etc/hosts
+}
+# Everything net_up made, found by name: processes left in the namespaces (TERM, then KILL),
+# the namespaces (their veth pairs go with them), the bridge, the /etc/hosts lines.
+net_down() {
+  local ns pids i removed=0
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$NS_PREFIX[0-9]+$" || true); do
+    pids=$(ip netns pids "$ns" 2>/dev/null || true)
+    if [[ -n $pids ]]; then
+      kill -TERM $pids 2>/dev/null || true
+      for ((i = 0; i < 25; i++)); do
+        pids=$(ip netns pids "$ns" 2>/dev/null || true)
+        [[ -z $pids ]] && break
+        sleep 0.2
+      done
+      [[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
+    fi
+    ip netns del "$ns"
+    removed=$((removed + 1))
+  done
+  # A veth pair goes with its namespace, but not always at once: delete our end by name.
+  for i in $(ip -o link show 2>/dev/null | grep -oE "$VETH_PREFIX[0-9]+" | sort -u || true); do
+    ip link del "$i" 2>/dev/null || true
+  done
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE"; fi
+  hosts_lines_removed
+  # Nothing of ours may be left: say what is, and fail.
+  local left
+  left=$({
+    ip netns list 2>/dev/null | awk '{print "namespace " $1}' | grep -E " $NS_PREFIX[0-9]+$"
+    ip -o link show "$BRIDGE" 2>/dev/null | awk '{print "link " $2}'
+    grep -F "$HOSTS_MARK" /etc/hosts | sed 's/^/\/etc\/hosts: /'
+  } || true)
+  [[ -z $left ]] || die "could not remove: $left"
+  ((removed == 0)) || say "removed the namespaces of $removed node(s), $BRIDGE and the /etc/hosts lines"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -165,9 +269,9 @@ cmd_install() {
 
 # ---------------------------------------------------------------------------------------------
 write_configs() {
-  local host=$1 dbpass=$2 f
+  local host=$1 dbpass=$2 f name nodes="" names=()
   # A slurm.conf we did not write (e.g. on a real cluster node) is kept aside, once.
-  for f in slurm.conf slurmdbd.conf; do
+  for f in slurm.conf slurmdbd.conf gres.conf; do
     if [[ -e $CONF_DIR/$f ]] && ! grep -qF "$MARKER" "$CONF_DIR/$f" &&
       [[ ! -e $CONF_DIR/$f.before-hpc-bliss ]]; then
       cp -p "$CONF_DIR/$f" "$CONF_DIR/$f.before-hpc-bliss"
@@ -175,10 +279,15 @@ write_configs() {
     fi
   done
   mkdir -p "$CONF_DIR"
+  for name in $(node_names); do
+    names+=("$name")
+    nodes+="NodeName=$name NodeAddr=$(node_addr "$name") NodeHostname=$name CPUs=8 Sockets=1 CoresPerSocket=8 ThreadsPerCore=1 RealMemory=16000 Gres=gpu:1 State=UNKNOWN
+"
+  done
   cat >"$CONF_DIR/slurm.conf.new" <<EOF
 $MARKER (state in $STATE_DIR)
 ClusterName=$CLUSTER
-SlurmctldHost=$host(127.0.0.1)
+SlurmctldHost=$host($(ctld_addr))
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -194,21 +303,27 @@ MinJobAge=3600
 # Lets the node claim more CPUs/memory than it has, so several multi-task jobs fit.
 SlurmdParameters=config_overrides
 StateSaveLocation=$STATE_DIR/ctld
-SlurmdSpoolDir=$STATE_DIR/spool
+# %n: each node's own name, so that the slurmds (and PMIx under TmpFS) never share a file.
+SlurmdSpoolDir=$STATE_DIR/spool/%n
+TmpFS=$STATE_DIR/tmp/%n
 SlurmctldPidFile=$(pidfile slurmctld)
-SlurmdPidFile=$(pidfile slurmd)
+SlurmdPidFile=$STATE_DIR/run/slurmd.%n.pid
 SlurmctldLogFile=$STATE_DIR/log/slurmctld.log
-SlurmdLogFile=$STATE_DIR/log/slurmd.log
+SlurmdLogFile=$STATE_DIR/log/slurmd.%n.log
+GresTypes=gpu
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 JobAcctGatherType=jobacct_gather/linux
 JobCompType=jobcomp/none
 MailProg=/bin/true
-NodeName=$host NodeAddr=127.0.0.1 CPUs=8 Sockets=1 CoresPerSocket=8 ThreadsPerCore=1 RealMemory=16000 State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+${nodes%$'\n'}
+PartitionName=debug Nodes=$(IFS=,; echo "${names[*]}") Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 EOF
   mv "$CONF_DIR/slurm.conf.new" "$CONF_DIR/slurm.conf"
   chmod 644 "$CONF_DIR/slurm.conf"
+  # One GPU per node, schedulable, with /dev/null as its device file: no CUDA behind it.
+  printf '%s\nName=gpu File=/dev/null\n' "$MARKER" >"$CONF_DIR/gres.conf"
+  chmod 644 "$CONF_DIR/gres.conf"
   (
     umask 077
     cat >"$CONF_DIR/slurmdbd.conf.new" <<EOF
@@ -228,7 +343,7 @@ EOF
   )
   mv "$CONF_DIR/slurmdbd.conf.new" "$CONF_DIR/slurmdbd.conf"
   chmod 600 "$CONF_DIR/slurmdbd.conf"
-  cp -p "$CONF_DIR/slurm.conf" "$CONF_DIR/slurmdbd.conf" "$STATE_DIR/"
+  cp -p "$CONF_DIR/slurm.conf" "$CONF_DIR/slurmdbd.conf" "$CONF_DIR/gres.conf" "$STATE_DIR/"
 }
 
 start_munge() {
@@ -271,7 +386,7 @@ start_mariadb() {
     }
   step_done mariadb "data directory initialised"
   step_begin
-  ! port_open "$DB_PORT" ||
+  ! port_open 127.0.0.1 "$DB_PORT" ||
     die "port $DB_PORT on 127.0.0.1 is already in use: set HPC_BLISS_SLURM_DB_PORT to a free port"
   chown mysql:mysql "$STATE_DIR/run" # mariadbd (as mysql) writes its pid file there
   setsid /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$db/data" \
@@ -291,72 +406,102 @@ start_mariadb() {
   step_done mariadb "started on 127.0.0.1:$DB_PORT (pid $(daemon_pid mariadbd))"
 }
 
-# The daemon's pid file names a live process and its port accepts connections.
-listening() { daemon_pid "$1" >/dev/null && port_open "$2"; }
-start_slurm_daemon() { # start_slurm_daemon NAME PORT: each daemonizes and writes its pid file
-  local name=$1 port=$2 logs=("$STATE_DIR/log/$1.out" "$STATE_DIR/log/$1.log")
+# The daemon's pid file names a live process and ADDRESS:PORT accepts connections.
+listening() { daemon_pid "$1" >/dev/null && port_open "$2" "$3"; }
+# start_slurm_daemon NAME ADDRESS PORT COMMAND...: COMMAND daemonizes and writes NAME's pid file.
+start_slurm_daemon() {
+  local name=$1 addr=$2 port=$3 logs=("$STATE_DIR/log/$1.out" "$STATE_DIR/log/$1.log")
+  shift 3
   step_begin
-  ! port_open "$port" || die "port $port (for $name) is already in use: is another SLURM running?"
-  /usr/sbin/"$name" </dev/null >>"$STATE_DIR/log/$name.out" 2>&1 || {
+  ! port_open "$addr" "$port" ||
+    die "port $port on $addr (for $name) is already in use: is another SLURM running?"
+  "$@" </dev/null >>"$STATE_DIR/log/$name.out" 2>&1 || {
     log_tail "${logs[@]}"
     die "$name failed to start"
   }
   # Wait until it listens (slurmctld dies if slurmdbd is not listening yet); stop waiting
   # early if it died.
   local deadline=$((${EPOCHREALTIME/./} + TIMEOUT * 1000000))
-  until listening "$name" "$port"; do
+  until listening "$name" "$addr" "$port"; do
     if ((${EPOCHREALTIME/./} > deadline)) || { [[ -s $(pidfile "$name") ]] && ! daemon_pid "$name" >/dev/null; }; then
       log_tail "${logs[@]}"
-      die "$name is not listening on port $port (pid file $(pidfile "$name"))"
+      die "$name is not listening on $addr:$port (pid file $(pidfile "$name"))"
     fi
     sleep 0.2
   done
-  step_done "$name" "started (pid $(daemon_pid "$name"), port $port)"
+  step_done "$name" "started (pid $(daemon_pid "$name"), $addr:$port)"
+}
+
+# One slurmd per node: here, or inside the node's network namespace under its own hostname
+# (nsenter, not `ip netns exec`, which remounts /sys and leaves slurmd without cgroups).
+start_slurmds() {
+  local name i=0
+  for name in $(node_names); do
+    i=$((i + 1))
+    mkdir -p "$STATE_DIR/spool/$name" "$STATE_DIR/tmp/$name"
+    if (($(recorded_nodes) == 1)); then
+      start_slurm_daemon "slurmd.$name" 127.0.0.1 6818 /usr/sbin/slurmd -N "$name"
+    else
+      start_slurm_daemon "slurmd.$name" "$(node_addr "$name")" 6818 \
+        nsenter --net="/run/netns/$NS_PREFIX$i" unshare --uts \
+        sh -c "hostname $name && exec /usr/sbin/slurmd -N $name"
+    fi
+  done
 }
 
 cmd_start() {
   need_root
-  local c
-  for c in munged mariadbd mariadb-install-db slurmdbd slurmctld slurmd sinfo sacct; do
+  local c want
+  for c in munged mariadbd mariadb-install-db slurmdbd slurmctld slurmd sinfo sacct ip nsenter unshare; do
     command -v "$c" >/dev/null || [[ -x /usr/sbin/$c ]] || die "$c not found: run '$0 install' first"
   done
-  if [[ -d $STATE_DIR ]] && healthy; then
-    say "already up and healthy (state in $STATE_DIR); nothing to do ($(elapsed))"
+  want=${NODES:-$(recorded_nodes)}
+  [[ $want =~ ^[1-9]$ ]] || die "nodes: '$want' (--nodes or HPC_BLISS_SLURM_NODES): expected 1 to 9"
+  if [[ -d $STATE_DIR ]] && (($(recorded_nodes) == want)) && healthy; then
+    say "already up and healthy with $want node(s) (state in $STATE_DIR); nothing to do ($(elapsed))"
     return 0
   fi
-  # A previous cluster that is dead or half up: stop what is left of it, then wipe its state.
+  # A previous cluster that is dead, half up or of another size: stop what is left of it,
+  # then wipe its state.
   if [[ -e $STATE_DIR/$STAMP ]]; then
     cmd_stop quiet
     rm -rf "$STATE_DIR"
-    say "wiped the stale state in $STATE_DIR"
+    say "wiped the previous state in $STATE_DIR"
   elif [[ -d $STATE_DIR && -n $(ls -A "$STATE_DIR") ]]; then
     die "$STATE_DIR exists, is not empty and was not made by this script: refusing to wipe it"
   fi
-  mkdir -p "$STATE_DIR"/{run,log,ctld,spool}
+  net_down # leftovers of a cluster whose state dir is gone
+  mkdir -p "$STATE_DIR"/{run,log,ctld,spool,tmp}
   chmod 755 "$STATE_DIR" "$STATE_DIR/log"
   touch "$STATE_DIR/$STAMP"
+  echo "$want" >"$STATE_DIR/nodes"
   local host dbpass
   host=$(hostname -s)
   dbpass=$(od -An -N12 -tx1 /dev/urandom | tr -dc 0-9a-f)
+  if ((want > 1)); then
+    step_begin
+    net_up "$want"
+    step_done network "$want namespaces on $BRIDGE ($NET.254): $(node_names | paste -sd ' ')"
+  fi
   write_configs "$host" "$dbpass"
-  say "wrote $CONF_DIR/slurm.conf and slurmdbd.conf (node $host, state in $STATE_DIR)"
+  say "wrote $CONF_DIR/slurm.conf, slurmdbd.conf, gres.conf (nodes $(node_names | paste -sd ,), state in $STATE_DIR)"
 
   start_munge
   start_mariadb "$dbpass"
-  start_slurm_daemon slurmdbd 6819
-  start_slurm_daemon slurmctld 6817
-  start_slurm_daemon slurmd 6818
+  start_slurm_daemon slurmdbd 127.0.0.1 6819 /usr/sbin/slurmdbd
+  start_slurm_daemon slurmctld 127.0.0.1 6817 /usr/sbin/slurmctld
+  start_slurmds
 
   step_begin
   wait_for "$TIMEOUT" node_idle_or_dead || true
   if ! node_idle; then
-    log_tail "$STATE_DIR/log/slurmctld.log" "$STATE_DIR/log/slurmd.log"
+    log_tail "$STATE_DIR/log/slurmctld.log" "$STATE_DIR"/log/slurmd.*.log
     echo "sinfo: $(sinfo 2>&1)" >&2
     daemon_pid slurmctld >/dev/null || die "slurmctld died (see its log above)"
-    daemon_pid slurmd >/dev/null || die "slurmd died (see its log above)"
-    die "node not idle within $TIMEOUT s (state: '$(node_state)')"
+    slurmds_alive || die "a slurmd died (see its log above)"
+    die "nodes not idle within $TIMEOUT s (states: '$(node_states | paste -sd ' ')')"
   fi
-  step_done node "idle"
+  step_done nodes "idle"
   step_begin
   wait_for "$TIMEOUT" sacct_ok || {
     log_tail "$STATE_DIR/log/slurmdbd.log" "$STATE_DIR/log/slurmctld.log" "$STATE_DIR/log/mariadb.log"
@@ -368,21 +513,24 @@ cmd_start() {
 }
 
 cmd_stop() {
-  local quiet=${1:-} d pid stopped=0 i
+  local quiet=${1:-} d pid stopped=0 i name
   # Cancel leftover jobs first, so that their slurmstepd and tasks end with them.
   if daemon_pid slurmctld >/dev/null && [[ -n $(timeout 10 squeue -h -o %i 2>/dev/null) ]]; then
     timeout 10 scancel --full $(squeue -h -o %i) 2>/dev/null || true
     wait_for 10 sh -c '[ -z "$(squeue -h -o %i)" ]' || true
     say "cancelled the jobs still queued or running"
   fi
-  for ((i = ${#DAEMONS[@]} - 1; i >= 0; i--)); do
-    d=${DAEMONS[i]}
+  local daemons=("${DAEMONS[@]}")
+  for name in $(node_names); do daemons+=("slurmd.$name"); done
+  for ((i = ${#daemons[@]} - 1; i >= 0; i--)); do
+    d=${daemons[i]}
     if pid=$(daemon_pid "$d"); then
       stop_pid "$d" "$pid"
       stopped=1
     fi
     rm -f "$(pidfile "$d")" 2>/dev/null || true
   done
+  net_down
   if [[ -z $quiet ]]; then
     ((stopped)) && say "stopped ($(elapsed))" || say "nothing running (state dir $STATE_DIR)"
   fi
@@ -399,7 +547,8 @@ cmd_status() {
     echo "munge:     NOT answering"
     ok=1
   fi
-  for d in mariadbd slurmdbd slurmctld slurmd; do
+  echo "nodes:     $(recorded_nodes) ($(node_names | paste -sd ' '))"
+  for d in mariadbd slurmdbd slurmctld $(node_names | sed 's/^/slurmd./'); do
     if pid=$(daemon_pid "$d"); then
       printf '%-10s alive (pid %s)\n' "$d:" "$pid"
     else
@@ -410,7 +559,7 @@ cmd_status() {
   if command -v sinfo >/dev/null && ctld_up && line=$(timeout 10 sinfo 2>&1); then
     echo "$line"
     node_ok || {
-      echo "node:      not usable (state '$(node_state)')"
+      echo "nodes:     not all usable (states '$(node_states | paste -sd ' ')')"
       ok=1
     }
   else
@@ -434,14 +583,23 @@ cmd_env() {
   echo "# local_slurm: no environment variables needed (configs in $CONF_DIR)"
 }
 
-case "${1:-}" in
+command=${1:-}
+shift || true
+while (($#)); do
+  case $1 in
+  --nodes) NODES=${2:-} && shift 2 || die "--nodes needs a number" ;;
+  --nodes=*) NODES=${1#--nodes=} && shift ;;
+  *) die "unknown argument '$1' (usage: $0 start [--nodes N])" ;;
+  esac
+done
+case "$command" in
 install) cmd_install ;;
 start) cmd_start ;;
 stop) cmd_stop ;;
 status) cmd_status ;;
 env) cmd_env ;;
 *)
-  echo "usage: $0 {install|start|stop|status|env}" >&2
+  echo "usage: $0 {install|start [--nodes N]|stop|status|env}" >&2
   exit 2
   ;;
 esac

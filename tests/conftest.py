@@ -19,3 +19,12 @@ def slurm_cluster() -> None:
     from tests.slurm_utils import require_slurm_cluster
 
     require_slurm_cluster()
+
+
+@pytest.fixture(scope="session")
+def two_nodes() -> list[str]:
+    """The node names of a SLURM cluster with 2+ nodes (CI: scripts/local_slurm.sh start --nodes 2);
+    skip otherwise."""
+    from tests.slurm_utils import require_nodes
+
+    return require_nodes(2)

@@ -7,6 +7,7 @@ import time
 import pytest
 
 START_HINT = "run `scripts/local_slurm.sh install && scripts/local_slurm.sh start` (as root)"
+NODES_HINT = "run `scripts/local_slurm.sh start --nodes 2` (as root)"
 USABLE_NODE_STATES = {"idle", "mixed", "allocated", "completing"}
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
 
@@ -34,6 +35,22 @@ def require_slurm_cluster() -> None:
     if info.returncode != 0 or not states & USABLE_NODE_STATES:
         detail = (info.stderr or info.stdout).strip().splitlines()[-1:] or ["no nodes"]
         pytest.skip(f"the SLURM cluster is not up ({detail[0]}); {START_HINT}")
+
+
+def require_nodes(n: int) -> list[str]:
+    """Skip unless the cluster has ``n`` or more usable nodes; return their names."""
+    require_slurm_cluster()
+    out = run("sinfo", "-h", "-N", "-o", "%N %T")
+    nodes = sorted(
+        {
+            name
+            for name, state in (line.split() for line in out.stdout.splitlines())
+            if state in USABLE_NODE_STATES
+        }
+    )
+    if len(nodes) < n:
+        pytest.skip(f"the SLURM cluster has {len(nodes)} usable node(s), not {n}; {NODES_HINT}")
+    return nodes
 
 
 def sacct_state(job_id: str, timeout: float = 20) -> str:
