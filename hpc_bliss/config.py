@@ -166,6 +166,7 @@ class TrainConfig:
     num_nodes: int = 1
     num_workers: int = -1  #: DataLoader workers per process (-1: 2 where the cores allow)
     checkpoint_every_steps: int = 200  #: also write last.ckpt this often (preemption safety)
+    record_items: bool = False  #: write items/rank-R.json: the images each rank read per epoch
 
 
 @dataclass

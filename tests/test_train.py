@@ -4,7 +4,6 @@ import csv
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -75,63 +74,37 @@ def test_short_run_lowers_the_loss_and_resumes(smoke_data, tmp_path):
     assert second["global_step"] == 16  # resumed from last.ckpt, not from zero
 
 
-DRIVER = textwrap.dedent(
-    """
-    import json, sys
-    from pathlib import Path
-    import pytorch_lightning as pl
-    from hpc_bliss.config import load_config
-    from hpc_bliss.train.run import build_trainer
-    from hpc_bliss.train.data import ShardDataModule
-    from hpc_bliss.train.lit_module import EncoderModule
-
-    class Record(pl.Callback):
-        seen = []
-        def on_train_batch_start(self, trainer, module, batch, idx):
-            for s, i in zip(batch["shard_id"].tolist(), batch["index_in_shard"].tolist()):
-                self.seen.append((trainer.current_epoch, s, i))
-        def on_train_end(self, trainer, module):
-            out = Path(sys.argv[2]) / f"seen-{trainer.global_rank}.json"
-            out.write_text(json.dumps(self.seen))
-
-    cfg = load_config(sys.argv[1], sys.argv[3:])
-    data = ShardDataModule(cfg.train)
-    data.setup()
-    module = EncoderModule(data.n_bands, data.tile_slen, hidden=16, n_blocks=1)
-    trainer = build_trainer(cfg, 4)
-    trainer.callbacks.append(Record())
-    trainer.fit(module, datamodule=data)
-    """
-)
-
-
 def test_ddp_two_processes_train_on_disjoint_data(smoke_data, tmp_path):
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
+    """`hpc-bliss train` with train.devices=2 (Lightning starts the second process); each
+    rank's items/rank-R.json (train.record_items) lists the images it read, per epoch."""
+    out = tmp_path / "out"
     cmd = [
         sys.executable,
-        str(driver),
+        "-m",
+        "hpc_bliss",
+        "train",
         str(CONFIGS / "smoke.yaml"),
-        str(tmp_path),
         f"train.data_dir={smoke_data}",
-        f"train.output_dir={tmp_path / 'out'}",
+        f"train.output_dir={out}",
         "train.devices=2",
         "train.accelerator=cpu",
         "train.max_epochs=2",
         "train.batch_size=4",
         "train.num_workers=0",
         "train.augment=false",
+        "train.record_items=true",
     ]
-    res = subprocess.run(
-        cmd,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
-    )
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    seen = [json.loads((tmp_path / f"seen-{r}.json").read_text()) for r in (0, 1)]
+    printed = res.stdout + res.stderr
+    for rank in (0, 1):
+        assert f"[train rank {rank}/2 " in printed and "backend gloo" in printed, printed[-3000:]
+    records = [json.loads((out / "items" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["rank"], r["world_size"], r["backend"]) for r in records] == [
+        (0, 2, "gloo"),
+        (1, 2, "gloo"),
+    ]
+    seen = [[(int(e), s, i) for e, items in r["epochs"].items() for s, i in items] for r in records]
     for epoch in (0, 1):
         a = {(s, i) for e, s, i in seen[0] if e == epoch}
         b = {(s, i) for e, s, i in seen[1] if e == epoch}

@@ -94,6 +94,9 @@ def write_virtual_dataset(out_dir: Path, shards: list[dict], attrs: dict) -> Pat
                     source = h5py.VirtualSource(s["file"], name, shape=(n, *tail))
                     layout[start : start + n] = source
                     start += n
+                # No modification times (h5py's ordinary datasets have none; its virtual ones
+                # get HDF5's default), so dataset.h5 is the same bytes whoever writes it.
+                layout.dcpl.set_obj_track_times(False)
                 dset = group.create_virtual_dataset(name, layout, fillvalue=0)
                 dset.attrs["units"] = units[name]
             group["shard_id"] = np.concatenate(

@@ -187,7 +187,9 @@ def generate(
             run.all(w)
     else:
         run.all(None)
-    gathered = env.gather((run.records, run.failures, run.made, run.elapsed()))
+    gathered = env.gather(
+        (run.records, run.failures, run.made, run.elapsed(), socket.gethostname())
+    )
     status = 0
     if env.rank == 0:
         assert gathered is not None
@@ -212,7 +214,9 @@ class _ShardRun:
         self.overwrite, self.log = overwrite, log
         g = cfg.generate
         self.mine = list(range(env.rank, g.n_shards, env.world))
-        self.tag = f"[generate rank {env.rank}/{env.world} {renderer.device}]"
+        self.tag = (
+            f"[generate rank {env.rank}/{env.world} {socket.gethostname()} {renderer.device}]"
+        )
         self.records: list[dict] = []
         self.failures: list[dict] = []
         self.made = 0
@@ -318,10 +322,13 @@ def _finish(cfg: Config, out: Path, digest: str, gathered: list, log) -> int:
         )
     made = sum(part[2] for part in gathered)
     seconds = max(part[3] for part in gathered)
+    hosts = sorted({part[4] for part in gathered})
+    where = f"{len(gathered)} rank{'s' if len(gathered) > 1 else ''} on {len(hosts)} host"
+    where += f"s ({', '.join(hosts)})" if len(hosts) > 1 else f" ({hosts[0]})"
     nbytes = sum(r["bytes"] for r in records if r["seconds"] > 0)
     log(
         f"[generate] {len(records)}/{cfg.generate.n_shards} shards valid, {made} images written "
-        f"by {len(gathered)} ranks in {seconds:.1f} s: {made / max(seconds, 1e-9):.1f} images/s, "
+        f"by {where} in {seconds:.1f} s: {made / max(seconds, 1e-9):.1f} images/s, "
         f"{nbytes / 1e6:.1f} MB, {nbytes / 1e6 / max(seconds, 1e-9):.1f} MB/s → {out}"
     )
     if missing:

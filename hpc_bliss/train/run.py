@@ -8,6 +8,7 @@ Rerunning with the same `train.output_dir` resumes from `last.ckpt`.
 from __future__ import annotations
 
 import math
+import socket
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from hpc_bliss.errors import ConfigError
 from hpc_bliss.io.manifest import read_manifest
 from hpc_bliss.train.data import ShardDataModule
 from hpc_bliss.train.lit_module import EncoderModule
+from hpc_bliss.train.ranks import RankReport
 
 
 def _loggers(out: Path) -> list:
@@ -64,6 +66,7 @@ def build_trainer(cfg: Config, total_steps: int) -> pl.Trainer:
                 save_last=True,
                 every_n_train_steps=max(1, t.checkpoint_every_steps),
             ),
+            RankReport(out, record_items=t.record_items),
         ],
         logger=_loggers(out),
         log_every_n_steps=max(1, min(50, total_steps // 10)),
@@ -106,4 +109,6 @@ def train(cfg: Config) -> dict:
         "global_step": trainer.global_step,
         "metrics": metrics,
         "rank": trainer.global_rank,
+        "world_size": trainer.world_size,
+        "host": socket.gethostname(),
     }
