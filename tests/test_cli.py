@@ -3,8 +3,9 @@
 import json
 
 import h5py
+import pytest
 
-from hpc_bliss.cli import main
+from hpc_bliss.cli import main, parse
 from tests.conftest import CONFIGS
 
 
@@ -33,6 +34,15 @@ def test_bad_config_is_one_line_error(tmp_path, capsys):
     assert err.startswith("hpc-bliss: error:") and "prior.max_sources" in err
     assert main(["validate", str(tmp_path / "nowhere")]) == 1
     assert "nowhere" in capsys.readouterr().out
+
+
+def test_overrides_before_between_and_after_options() -> None:
+    argv = ["submit", "train", "c.yaml", "a=1", "--nodes", "2", "b=2", "--wait", "c=3"]
+    args = parse(argv)
+    assert (args.overrides, args.nodes, args.wait) == (["a=1", "b=2", "c=3"], 2, True)
+    for bad in (["submit", "train", "c.yaml", "--no-such-flag"], ["inspect", "d", "x=1"]):
+        with pytest.raises(SystemExit):  # argparse's usage error, exit status 2
+            parse(bad)
 
 
 def test_pipeline_runs_every_stage_and_resumes(tmp_path, capfd):

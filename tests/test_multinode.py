@@ -5,13 +5,18 @@ network namespaces with their own hostnames, addresses and slurmd, joined by a b
 file system is shared, as on a cluster. Each test skips, saying why, on a smaller cluster.
 """
 
+import csv
 import json
 import os
+import re
 import subprocess
+import time
 from pathlib import Path
 
 import h5py
 import pytest
+import submitit
+import torch
 
 from hpc_bliss.io.shards import DATASET_NAMES, read_attrs
 from tests.slurm_utils import run as _run
@@ -23,6 +28,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.multinode]
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv"
 SMOKE = "configs/smoke.yaml"
+#: 8 shards of 8 images: 4 train, 2 val, 2 test (so each of 2 evaluation ranks scores one)
+DATA = ["generate.n_shards=8", "generate.split=[0.5,0.25,0.25]"]
 #: variables that would make a plain process think an MPI launcher started it
 MPI_PREFIXES = ("OMPI_", "PMIX_", "PMI_")
 #: what says who wrote a shard and how long it took, not what it holds
@@ -79,21 +86,26 @@ def _without(manifest: dict, keys: set[str]) -> dict:
     return dict(manifest, shards=shards, ranks=None)
 
 
-def test_generate_on_two_nodes_equals_one_process(two_nodes: list[str], tmp_path: Path) -> None:
-    """`sbatch --nodes=2 --ntasks-per-node=1 jobs/generate.sh`: rank 0 on node1, rank 1 on node2,
-    one manifest and one dataset.h5 over every shard; the data are the bytes one process writes.
-
-    Both runs write to the same path (the reference is moved aside first), because the path is
-    part of the config recorded in every file."""
-    data = tmp_path / "data"
-    one = _cli("generate", SMOKE, f"generate.output_dir={data}")
+@pytest.fixture(scope="module")
+def generated(two_nodes: list[str], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The data set written by 1 process, moved aside, then by `sbatch --nodes=2
+    --ntasks-per-node=1 jobs/generate.sh` to the same path (the path is part of the config that
+    every file records)."""
+    root = tmp_path_factory.mktemp("multinode")
+    data, reference = root / "data", root / "reference"
+    one = _cli("generate", SMOKE, *DATA, f"generate.output_dir={data}")
     assert one.returncode == 0, one.stdout + one.stderr
-    assert "by 1 rank on 1 host" in one.stdout, one.stdout
-    reference = tmp_path / "reference"
     data.rename(reference)
+    job_id = _sbatch(root, "generate.sh", *DATA, f"generate.output_dir={data}")
+    log = (root / f"generate.sh-{job_id}.out").read_text()
+    return {"root": root, "data": data, "reference": reference, "one": one.stdout, "log": log}
 
-    job_id = _sbatch(tmp_path, "generate.sh", f"generate.output_dir={data}")
-    log = (tmp_path / f"generate.sh-{job_id}.out").read_text()
+
+def test_generate_on_two_nodes_equals_one_process(generated: dict) -> None:
+    """Rank 0 on node1, rank 1 on node2; one manifest and one dataset.h5 over every shard; the
+    data are the bytes one process writes, and dataset.h5 is the same file."""
+    data, reference, log = generated["data"], generated["reference"], generated["log"]
+    assert "by 1 rank on 1 host" in generated["one"], generated["one"]
     assert "by 2 ranks on 2 hosts (node1, node2)" in log, log
     assert "[generate rank 1/2 node2 cpu]" in log and "[generate rank 0/2 node1 cpu]" in log, log
 
@@ -101,14 +113,13 @@ def test_generate_on_two_nodes_equals_one_process(two_nodes: list[str], tmp_path
     expected = json.loads((reference / "manifest.json").read_text())
     assert manifest["ranks"] == 2 and expected["ranks"] == 1
     assert manifest["missing"] == [] and manifest["failures"] == []
-    assert [s["id"] for s in manifest["shards"]] == list(range(4))
+    assert [s["id"] for s in manifest["shards"]] == list(range(8))
     assert {(s["rank"], s["host"]) for s in manifest["shards"]} == {(0, "node1"), (1, "node2")}
     assert _without(manifest, PROVENANCE) == _without(expected, PROVENANCE)
 
-    # one dataset.h5 over every shard: the same bytes as the reference's
     assert (data / "dataset.h5").read_bytes() == (reference / "dataset.h5").read_bytes()
     with h5py.File(data / "dataset.h5") as f:
-        assert sum(f[split]["images"].shape[0] for split in f) == 4 * 8
+        assert sum(f[split]["images"].shape[0] for split in f) == 8 * 8
     for entry in manifest["shards"]:
         attrs = read_attrs(data / entry["file"])
         ref_attrs = read_attrs(reference / entry["file"])
@@ -117,3 +128,161 @@ def test_generate_on_two_nodes_equals_one_process(two_nodes: list[str], tmp_path
         with h5py.File(data / entry["file"]) as f, h5py.File(reference / entry["file"]) as g:
             for name in DATASET_NAMES:
                 assert f[name][()].tobytes() == g[name][()].tobytes(), (entry["file"], name)
+
+
+# --- training: `hpc-bliss submit train --nodes 2 --gpus-per-node 1` ---------------------------
+
+
+def _train_overrides(data: Path, out: Path) -> list[str]:
+    """One process per node (train.devices=1, num_nodes=2); accelerator=auto finds no CUDA
+    behind the test cluster's GPU and trains on the CPU, so DDP runs over gloo."""
+    return [
+        f"train.data_dir={data}",
+        f"train.output_dir={out}",
+        "train.devices=1",
+        "train.num_nodes=2",
+        "train.batch_size=4",
+        "train.max_epochs=8",
+        "train.learning_rate=3e-3",
+        "train.num_workers=0",
+        "train.record_items=true",
+    ]
+
+
+def _job_fields(job_id: str) -> dict[str, str]:
+    out = _run("scontrol", "show", "job", "-o", job_id)
+    return dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
+
+
+def _until(what: str, check, timeout: float, logs: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            text = "\n".join(p.read_text()[-3000:] for p in sorted(logs.glob("*_log.*")))
+            pytest.fail(f"{what} within {timeout} s; logs:\n{text}")
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def trained(generated: dict) -> dict:
+    """The submitted job, preempted once (USR2, as SLURM does before a time limit), requeued
+    by submitit, resumed from last.ckpt on both nodes, run to its end."""
+    root, data = generated["root"], generated["data"]
+    out, folder = root / "train", root / "submitit"
+    shape = ["--nodes=2", "--gpus-per-node=1", "--cpus-per-task=1", "--time=10"]
+    sub = _cli(
+        "submit", "train", SMOKE, *_train_overrides(data, out), *shape,
+        "--cluster=slurm", "--folder", str(folder),
+    )  # fmt: skip
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    job_id = re.search(r"\[submit\] job (\d+) ", sub.stdout).group(1)
+    job = submitit.SlurmJob(folder=folder, job_id=job_id, tasks=(0, 1))
+    last = out / "checkpoints" / "last.ckpt"
+    _until("no last.ckpt", last.is_file, 120, folder)
+    assert _run("scancel", "--signal=USR2", job_id).returncode == 0
+    requeued = {"JobState": "PENDING", "Restarts": "1"}
+    _until("not requeued", lambda: requeued.items() <= _job_fields(job_id).items(), 60, folder)
+    preempted_at = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    # a requeued job may start again only ~2 min later (its BeginTime): skip the wait
+    assert _run("scontrol", "update", f"JobId={job_id}", "StartTime=now").returncode == 0
+    _until("not finished", lambda: job.done(force_check=True), 240, folder)
+    return {
+        "job_id": job_id,
+        "submitted": sub.stdout,
+        "results": job.results(),
+        "preempted_at": preempted_at,
+        "out": out,
+        "folder": folder,
+    }
+
+
+def _val_losses(out: Path) -> list[float]:
+    losses = []
+    for path in sorted(out.glob("logs/version_*/metrics.csv")):
+        with path.open() as f:
+            losses += [float(r["val/loss"]) for r in csv.DictReader(f) if r.get("val/loss")]
+    return losses
+
+
+def test_train_on_two_nodes_submitit(two_nodes: list[str], trained: dict) -> None:
+    job_id, out, folder = trained["job_id"], trained["out"], trained["folder"]
+    assert "2 node(s) × 1 task(s), 1 GPU(s)/node" in trained["submitted"], trained["submitted"]
+    # both ranks ran, each on its own host, in one world of 2, to the same final step
+    results = trained["results"]
+    assert [(r["rank"], r["world_size"]) for r in results] == [(0, 2), (1, 2)]
+    assert {r["host"] for r in results} == {"node1", "node2"}
+    steps_per_epoch = 32 // (4 * 2)  # 32 training images, batch 4 per process, 2 processes
+    assert {r["global_step"] for r in results} == {8 * steps_per_epoch}
+    logs = {rank: (folder / f"{job_id}_{rank}_log.out").read_text() for rank in (0, 1)}
+    for rank, host in ((0, "node1"), (1, "node2")):
+        assert f"[train rank {rank}/2 {host} cpu] backend gloo" in logs[rank], logs[rank][-2000:]
+
+    # preempted once, requeued, resumed from last.ckpt, completed
+    assert 1 <= trained["preempted_at"] < 8 * steps_per_epoch
+    assert _sacct_state(job_id, timeout=60) == "COMPLETED"
+    history = _run("sacct", "-j", job_id, "-X", "-n", "--duplicates", "-o", "State").stdout
+    assert history.split() == ["REQUEUED", "COMPLETED"], history
+    assert "Restoring states from the checkpoint" in (folder / f"{job_id}_0_log.err").read_text()
+
+    # disjoint data: in every epoch, the two ranks read disjoint halves of the 32 images
+    records = [json.loads((out / "items" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["host"], r["backend"]) for r in records] == [("node1", "gloo"), ("node2", "gloo")]
+    epochs = records[0]["epochs"]
+    assert epochs.keys() == records[1]["epochs"].keys() and {"0", "7"} <= epochs.keys()
+    for epoch in epochs:
+        a, b = ({tuple(item) for item in r["epochs"][epoch]} for r in records)
+        assert len(a) == len(b) == 16 and not a & b and len(a | b) == 32, epoch
+
+    # the loss fell; the checkpoints were written once, by rank 0, not once per node
+    losses = _val_losses(out)
+    assert len(losses) >= 8 and losses[-1] < 0.9 * losses[0], losses
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8 * (
+        steps_per_epoch
+    )
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+def test_evaluate_on_two_nodes_equals_one_process(generated: dict, trained: dict) -> None:
+    root, data = generated["root"], generated["data"]
+    ckpt = trained["out"] / "checkpoints" / "best.ckpt"
+    common = [*DATA, f"evaluate.data_dir={data}", f"evaluate.checkpoint={ckpt}"]
+    one = _cli("evaluate", SMOKE, *common, f"evaluate.output_dir={root / 'eval1'}")
+    assert one.returncode == 0, one.stdout + one.stderr
+    job_id = _sbatch(root, "evaluate.sh", *common, f"evaluate.output_dir={root / 'eval2'}")
+    log = (root / f"evaluate.sh-{job_id}.out").read_text()
+    assert "[evaluate rank 0/2 node1]" in log and "[evaluate rank 1/2 node2]" in log, log
+    two = json.loads((root / "eval2" / "report.json").read_text())
+    expected = json.loads((root / "eval1" / "report.json").read_text())
+    assert two["processes"] == 2 and expected["processes"] == 1
+    assert len(two["test_shards"]) == 2
+    for key in ("encoder", "sep", "most_frequent", "n_tiles", "test_shards"):
+        assert two[key] == expected[key], key
+
+
+# --- refusals against this cluster ------------------------------------------------------------
+
+
+def test_mismatched_shapes_refused_on_two_nodes(generated: dict, tmp_path: Path) -> None:
+    """Nothing is queued when the Trainer's shape and the job's disagree, when more GPUs per
+    node are asked than the nodes have (sinfo says 1), more nodes than the partition has (SLURM
+    would queue it for ever), or a partition that does not exist (sbatch says no)."""
+    data, folder = generated["data"], tmp_path / "submitit"
+    base = [*_train_overrides(data, tmp_path / "train"), "--cluster=slurm", "--folder", str(folder)]
+    cases = [
+        (["train.num_nodes=1", "--nodes=2"], "train.num_nodes=1 but 2 node(s)"),
+        (["--nodes=2", "--tasks-per-node=2"], "train.devices=1 but 2 task(s) per node"),
+        (
+            ["train.devices=2", "--nodes=2", "--gpus-per-node=2"],
+            "2 GPU(s) per node requested, nodes of partition debug have 1",
+        ),
+        (["train.num_nodes=3", "--nodes=3"], "3 node(s) requested, partition debug has 2"),
+        (["--nodes=2", "--partition=nosuch"], "submission to slurm failed"),
+    ]
+    for extra, message in cases:
+        refused = _cli("submit", "train", SMOKE, *base, *extra)
+        assert refused.returncode != 0, (extra, refused.stdout)
+        assert message in refused.stderr, (extra, refused.stderr)
+    assert _run("squeue", "-h", "-n", "hpc-bliss-train").stdout.strip() == ""

@@ -20,6 +20,7 @@ from submitit.helpers import DelayedSubmission
 from hpc_bliss.config import load_config, to_yaml
 from hpc_bliss.errors import LaunchError
 from hpc_bliss.launch.submit import (
+    Partition,
     TrainJob,
     add_submit_parser,
     check_launch,
@@ -85,9 +86,13 @@ def test_mismatch_refused(overrides: list[str], shape: tuple[int, int, int], nam
 
 def test_node_gpus_and_matching_shapes() -> None:
     gpu = load_config(SMOKE, ["train.devices=4", "train.num_nodes=2", "train.accelerator=gpu"])
-    check_launch(gpu, 2, 4, 4, node_gpus=8)
-    with pytest.raises(LaunchError, match="4 GPU\\(s\\) per node requested, nodes have 2"):
-        check_launch(gpu, 2, 4, 4, node_gpus=2)
+    check_launch(gpu, 2, 4, 4, Partition("gpu", nodes=2, gpus_per_node=8))
+    with pytest.raises(
+        LaunchError, match="4 GPU\\(s\\) per node requested, nodes of partition gpu have 2"
+    ):
+        check_launch(gpu, 2, 4, 4, Partition("gpu", nodes=2, gpus_per_node=2))
+    with pytest.raises(LaunchError, match="2 node\\(s\\) requested, partition gpu has 1"):
+        check_launch(gpu, 2, 4, 4, Partition("gpu", nodes=1, gpus_per_node=8))
     check_launch(load_config(SMOKE, ["train.devices=2", "train.accelerator=cpu"]), 1, 2, 0)
     assert [gres_gpus(g) for g in ("gpu:4", "gpu:a100:2(S:0-1)", "(null)", "gpu:1,gpu:t4:2")] == [
         4,

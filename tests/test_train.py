@@ -64,14 +64,18 @@ def _metrics(out):
 
 def test_short_run_lowers_the_loss_and_resumes(smoke_data, tmp_path):
     out = tmp_path / "train"
-    first = train(_cfg(smoke_data, out, "train.max_epochs=6", "train.learning_rate=3e-3"))
+    # last.ckpt is written every 5 steps and at each epoch's end, by two callbacks: one file
+    common = ["train.learning_rate=3e-3", "train.checkpoint_every_steps=5"]
+    first = train(_cfg(smoke_data, out, "train.max_epochs=6", *common))
     losses = _metrics(out)
     assert len(losses) == 6 and losses[-1] < 0.9 * losses[0], losses
     assert Path(first["best"]).is_file() and Path(first["last"]).is_file()
     ckpt = torch.load(first["last"], weights_only=True)  # no pickled objects inside
     assert ckpt["global_step"] == first["global_step"] == 12
-    second = train(_cfg(smoke_data, out, "train.max_epochs=8", "train.learning_rate=3e-3"))
+    second = train(_cfg(smoke_data, out, "train.max_epochs=8", *common))
     assert second["global_step"] == 16  # resumed from last.ckpt, not from zero
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert torch.load(second["last"], weights_only=True)["global_step"] == 16
 
 
 def test_ddp_two_processes_train_on_disjoint_data(smoke_data, tmp_path):

@@ -7,6 +7,7 @@ on rank 0, so 2 processes give exactly the result of 1.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -154,7 +155,8 @@ def evaluate(
                     "sep": s_full.select([0]),
                     "offset": border * ts,
                 }
-        log(f"[evaluate rank {env.rank}/{env.world}] shard {data.shard_ids[k]:06d} done")
+        tag = f"[evaluate rank {env.rank}/{env.world} {socket.gethostname()}]"
+        log(f"{tag} shard {data.shard_ids[k]:06d} done")
     gathered = env.gather((acc.to_dict(), data.shard_ids, sample))
     if env.rank != 0:
         return None

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from hpc_bliss.config import Config, load_config
 from hpc_bliss.errors import LaunchError
-from hpc_bliss.launch.submit import _site_value, check_launch, partition_gpus
+from hpc_bliss.launch.submit import _site_value, check_launch, partition_info
 
 STAGES = ("generate", "train", "evaluate")
 #: the Trainer's shape: jobs/train.sh sets these two from the allocation and refuses overrides
@@ -119,8 +119,7 @@ def submit_pipeline(
         if explicit_shape
         else replace(cfg, train=replace(cfg.train, devices=tasks_per_node, num_nodes=nodes))
     )
-    node_gpus = partition_gpus(partition) if gpus_per_node > 0 else None
-    check_launch(shaped, nodes, tasks_per_node, gpus_per_node, node_gpus)
+    check_launch(shaped, nodes, tasks_per_node, gpus_per_node, partition_info(partition))
 
     root = repo_root()
     config = Path(config_path).absolute()

@@ -23,7 +23,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,24 @@ HANG_HINT = (
 )
 
 
-def check_launch(
-    cfg: Config, nodes: int, tasks_per_node: int, gpus_per_node: int, node_gpus: int | None = None
-) -> None:
-    """Refuse (:class:`LaunchError`) a job shape the Trainer of ``cfg.train`` disagrees with.
+@dataclass(frozen=True)
+class Partition:
+    """What sinfo says of the partition a job goes to."""
 
-    ``node_gpus``: GPUs per node of the partition where known (else None: not checked).
+    name: str
+    nodes: int  #: nodes in it
+    gpus_per_node: int  #: the most GPUs any of its nodes has
+
+
+def check_launch(
+    cfg: Config,
+    nodes: int,
+    tasks_per_node: int,
+    gpus_per_node: int,
+    partition: Partition | None = None,
+) -> None:
+    """Refuse (:class:`LaunchError`) a job shape the Trainer of ``cfg.train`` disagrees with,
+    or one the ``partition`` (where known) can never run: SLURM would queue it for ever.
     """
     t = cfg.train
     problems: list[str] = []
@@ -69,10 +81,17 @@ def check_launch(
                 f"train.devices={t.devices} but {gpus_per_node} GPU(s) per node "
                 "(GPU runs use one task per GPU: devices = tasks per node = GPUs per node)"
             )
-        if node_gpus is not None and gpus_per_node > node_gpus:
-            problems.append(f"{gpus_per_node} GPU(s) per node requested, nodes have {node_gpus}")
+        if partition is not None and gpus_per_node > partition.gpus_per_node:
+            problems.append(
+                f"{gpus_per_node} GPU(s) per node requested, nodes of partition "
+                f"{partition.name} have {partition.gpus_per_node}"
+            )
     elif t.accelerator in ("gpu", "cuda"):
         problems.append(f"train.accelerator={t.accelerator} but 0 GPUs per node")
+    if partition is not None and nodes > partition.nodes:
+        problems.append(
+            f"{nodes} node(s) requested, partition {partition.name} has {partition.nodes}"
+        )
     if problems:
         raise LaunchError(
             "refusing to submit:\n  - "
@@ -94,17 +113,28 @@ def gres_gpus(gres: str) -> int:
     return total
 
 
-def partition_gpus(partition: str | None) -> int | None:
-    """Most GPUs any node of ``partition`` (else every partition) has; None when sinfo fails."""
-    cmd = ["sinfo", "-h", "-o", "%G"] + (["-p", partition] if partition else [])
+def partition_info(partition: str | None) -> Partition | None:
+    """``partition`` (else the default one) as sinfo sees it; None where sinfo cannot say."""
+    cmd = ["sinfo", "-h", "-o", "%P|%D|%G"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    lines = out.stdout.split()
-    if out.returncode != 0 or not lines:
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.count("|") == 2]
+    if out.returncode != 0 or not rows:
         return None
-    return max(gres_gpus(line) for line in lines)
+    # one row per partition and node state (and GRES): a partition's rows add up
+    if partition:
+        mine = [r for r in rows if r[0].rstrip("*") == partition]
+    else:
+        mine = [r for r in rows if r[0].endswith("*")]
+    if not mine:
+        return None  # sbatch itself will name an unknown partition
+    return Partition(
+        name=mine[0][0].rstrip("*"),
+        nodes=sum(int(r[1]) for r in mine if r[1].isdigit()),
+        gpus_per_node=max(gres_gpus(r[2]) for r in mine),
+    )
 
 
 def config_from_yaml(text: str) -> Config:
@@ -283,10 +313,8 @@ def submit_job(
         )
     partition = _site_value(partition, cfg.launch.partition, "SBATCH_PARTITION")
     account = _site_value(account, cfg.launch.account, "SBATCH_ACCOUNT")
-    use_sinfo = cluster == "slurm" and gpus_per_node > 0
-    check_launch(
-        cfg, nodes, tasks_per_node, gpus_per_node, partition_gpus(partition) if use_sinfo else None
-    )
+    site = partition_info(partition) if cluster == "slurm" else None
+    check_launch(cfg, nodes, tasks_per_node, gpus_per_node, site)
     cfg = with_absolute_paths(cfg)
     if not (Path(cfg.train.data_dir) / "manifest.json").is_file():
         raise ConfigError(f"train.data_dir={cfg.train.data_dir}: no manifest.json (generate first)")

@@ -41,12 +41,16 @@ def build_trainer(cfg: Config, total_steps: int) -> pl.Trainer:
     t = cfg.train
     out = Path(t.output_dir)
     world = t.devices * t.num_nodes
+    # Both callbacks write last.ckpt, whichever saves the newer state; the names are fixed
+    # (resume and evaluate look for them), so no "-v1" versions: without this, the second
+    # writer went to last-v1.ckpt and a resumed run started from the older last.ckpt.
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename="best",
         monitor="val/loss",
         mode="min",
         save_last=True,
+        enable_version_counter=False,
     )
     return pl.Trainer(
         default_root_dir=out,
@@ -65,6 +69,7 @@ def build_trainer(cfg: Config, total_steps: int) -> pl.Trainer:
                 save_top_k=0,
                 save_last=True,
                 every_n_train_steps=max(1, t.checkpoint_every_steps),
+                enable_version_counter=False,
             ),
             RankReport(out, record_items=t.record_items),
         ],
