@@ -18,9 +18,10 @@ from hpc_bliss.errors import HpcBlissError, LaunchError
 
 
 def _simulate(cfg: Config, out_dir: Path, n_images: int | None = None) -> dict:
-    """Sample and render one batch, save a PNG of the first image, return a summary."""
+    """Sample and render one batch, save a PNG of the first image, return a summary (with the
+    first image's reference band as text lines, "text")."""
     from hpc_bliss.parallel.env import detect, pick_device
-    from hpc_bliss.plotting import plot_bands
+    from hpc_bliss.plotting import plot_bands, text_picture
     from hpc_bliss.seeding import make_generator
     from hpc_bliss.simulate.batch import make_renderer
     from hpc_bliss.simulate.prior import sample_prior
@@ -46,6 +47,8 @@ def _simulate(cfg: Config, out_dir: Path, n_images: int | None = None) -> dict:
         out_dir / "sample.png",
         title=f"{cfg.name}: image 0, {k} sources (+ star, o galaxy)",
     )
+    ref = cfg.prior.reference_band
+    text = text_picture(batch.images[0, ref], full["plocs"][0, :k], full["source_type"][0, :k, 0])
     n_src = catalog["n_sources"].float()
     galaxies = int(catalog.galaxy_bools.sum())
     return {
@@ -58,6 +61,8 @@ def _simulate(cfg: Config, out_dir: Path, n_images: int | None = None) -> dict:
         "prior_s": t1 - t0,
         "render_s": t2 - t1,
         "png": str(png),
+        "text": text,
+        "n_sources_0": k,
     }
 
 
@@ -76,6 +81,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"[simulate] prior {s['prior_s']:.3f} s, render {s['render_s']:.3f} s ({rate:.1f} images/s)"
     )
     print(f"[simulate] wrote {s['png']}")
+    if args.text:
+        band = cfg.prior.bands[cfg.prior.reference_band]
+        print(f"[simulate] image 0, band {band}, {s['n_sources_0']} sources (S star, G galaxy):")
+        print("\n".join(s["text"]))
     return 0
 
 
@@ -226,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", help="output directory (default runs/<name>/preview)")
             p.add_argument(
                 "--n-images", type=int, help="images to render (default generate.batch_size)"
+            )
+            p.add_argument(
+                "--text",
+                action="store_true",
+                help="also print image 0's reference band as text (for a terminal without display)",
             )
         p.set_defaults(func=func)
     from hpc_bliss.launch.submit import add_submit_parser

@@ -55,3 +55,30 @@ def plot_bands(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+RAMP = " .:-=+*#%@"  #: text shades, faint to bright
+
+
+def text_picture(
+    band: Tensor, plocs: Tensor, source_type: Tensor, max_width: int = 48
+) -> list[str]:
+    """One band of an image as lines of text, for a terminal or a README: the asinh-stretched
+    brightness as the shades of :data:`RAMP` (each pixel two characters wide, so it looks
+    square), true stars marked ``*`` → ``S`` and galaxies ``G`` at their pixels.
+
+    Images wider than ``max_width`` pixels are shown at a whole-number reduction (block means).
+    """
+    img = band.detach().cpu().double().numpy()
+    step = max(1, -(-img.shape[1] // max_width))
+    h, w = img.shape[0] // step, img.shape[1] // step
+    img = img[: h * step, : w * step].reshape(h, step, w, step).mean(axis=(1, 3))
+    lo, hi = np.percentile(img, [1, 99.5])
+    level = np.arcsinh(np.clip((img - lo) / max(hi - lo, 1e-12), 0, None) * 10) / np.arcsinh(10)
+    index = np.clip((level * (len(RAMP) - 1)).round().astype(int), 0, len(RAMP) - 1)
+    rows = [[RAMP[i] * 2 for i in row] for row in index]
+    kinds = source_type.detach().cpu().numpy().astype(bool).reshape(-1)
+    for (r, c), galaxy in zip(plocs.detach().cpu().numpy() / step, kinds, strict=True):
+        if 0 <= int(r) < h and 0 <= int(c) < w:
+            rows[int(r)][int(c)] = "G " if galaxy else "S "
+    return ["".join(row).rstrip() for row in rows]

@@ -4,16 +4,32 @@ import json
 
 import h5py
 import pytest
+import torch
 
 from hpc_bliss.cli import main, parse
+from hpc_bliss.plotting import RAMP, text_picture
 from tests.conftest import CONFIGS
 
 
 def test_simulate_writes_a_png_and_a_summary(tmp_path, capsys):
-    assert main(["simulate", str(CONFIGS / "smoke.yaml"), "--out", str(tmp_path)]) == 0
+    assert main(["simulate", str(CONFIGS / "smoke.yaml"), "--out", str(tmp_path), "--text"]) == 0
     out = capsys.readouterr().out
     assert "sources per image" in out and "images/s" in out
+    picture = out.split("(S star, G galaxy):\n")[1].splitlines()
+    assert len(picture) == 40 and max(map(len, picture)) <= 80  # 40×40 px, 2 characters each
     assert (tmp_path / "sample.png").stat().st_size > 10_000
+
+
+def test_text_picture_shades_and_marks() -> None:
+    image = torch.zeros(6, 8)
+    image[2, 5] = 100.0  # the brightest pixel: the top of the ramp
+    lines = text_picture(image, torch.tensor([[2.5, 5.5], [4.2, 1.9]]), torch.tensor([0, 1]))
+    assert len(lines) == 6
+    assert lines[2][10] == "S" and lines[4][2] == "G"  # row 2 col 5; row 4 col 1
+    image[2, 5], image[0, 7] = 0.0, 100.0
+    assert text_picture(image, torch.zeros(0, 2), torch.zeros(0))[0].endswith(RAMP[-1] * 2)
+    wide = text_picture(torch.rand(10, 100), torch.zeros(0, 2), torch.zeros(0), max_width=48)
+    assert len(wide) == 3 and max(map(len, wide)) <= 2 * 34  # reduced by 3: 3 × 33 pixels
 
 
 def test_generate_inspect_validate(tmp_path, capsys):
