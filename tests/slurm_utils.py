@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-START_HINT = "run `scripts/local_slurm.sh install && scripts/local_slurm.sh start` (as root)"
+START_HINT = (
+    "run `scripts/local_slurm.sh install && scripts/local_slurm.sh start --nodes 2` (as root)"
+)
 NODES_HINT = "run `scripts/local_slurm.sh start --nodes 2` (as root)"
 USABLE_NODE_STATES = {"idle", "mixed", "allocated", "completing"}
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
