@@ -3,6 +3,8 @@
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -68,6 +70,23 @@ def sacct_state(job_id: str, timeout: float = 20) -> str:
     return state
 
 
+def job_fields(job_id: str) -> dict[str, str]:
+    """The job's fields in slurmctld (JobState, Restarts, NodeList, ...)."""
+    out = run("scontrol", "show", "job", "-o", job_id)
+    return dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
+
+
+def until(what: str, check: Callable[[], bool], timeout: float, logs: Path) -> None:
+    """Poll ``check`` every 0.3 s; fail with "``what`` within ``timeout`` s" and the tails of
+    the submitit logs in ``logs`` when it does not come true in time."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            text = "\n".join(p.read_text()[-3000:] for p in sorted(logs.glob("*_log.*")))
+            pytest.fail(f"{what} within {timeout} s; logs:\n{text}")
+        time.sleep(0.3)
+
+
 def wait_for_job(job_id: str, timeout: float) -> dict[str, str]:
     """The job's fields in slurmctld (JobState, ExitCode, ...) once it has ended.
 
@@ -77,8 +96,7 @@ def wait_for_job(job_id: str, timeout: float) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     fields: dict[str, str] = {}
     while time.monotonic() < deadline:
-        out = run("scontrol", "show", "job", "-o", job_id)
-        fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
+        fields = job_fields(job_id)
         if fields.get("JobState") in TERMINAL_STATES:
             return fields
         time.sleep(0.5)

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import h5py
@@ -19,6 +18,7 @@ import submitit
 import torch
 
 from hpc_bliss.io.shards import DATASET_NAMES, read_attrs
+from tests.slurm_utils import job_fields, until
 from tests.slurm_utils import run as _run
 from tests.slurm_utils import sacct_state as _sacct_state
 from tests.slurm_utils import wait_for_job as _wait_for_job
@@ -149,20 +149,6 @@ def _train_overrides(data: Path, out: Path) -> list[str]:
     ]
 
 
-def _job_fields(job_id: str) -> dict[str, str]:
-    out = _run("scontrol", "show", "job", "-o", job_id)
-    return dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
-
-
-def _until(what: str, check, timeout: float, logs: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            text = "\n".join(p.read_text()[-3000:] for p in sorted(logs.glob("*_log.*")))
-            pytest.fail(f"{what} within {timeout} s; logs:\n{text}")
-        time.sleep(0.3)
-
-
 @pytest.fixture(scope="module")
 def trained(generated: dict) -> dict:
     """The submitted job, preempted once (USR2, as SLURM does before a time limit), requeued
@@ -178,14 +164,14 @@ def trained(generated: dict) -> dict:
     job_id = re.search(r"\[submit\] job (\d+) ", sub.stdout).group(1)
     job = submitit.SlurmJob(folder=folder, job_id=job_id, tasks=(0, 1))
     last = out / "checkpoints" / "last.ckpt"
-    _until("no last.ckpt", last.is_file, 120, folder)
+    until("no last.ckpt", last.is_file, 120, folder)
     assert _run("scancel", "--signal=USR2", job_id).returncode == 0
     requeued = {"JobState": "PENDING", "Restarts": "1"}
-    _until("not requeued", lambda: requeued.items() <= _job_fields(job_id).items(), 60, folder)
+    until("not requeued", lambda: requeued.items() <= job_fields(job_id).items(), 60, folder)
     preempted_at = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     # a requeued job may start again only ~2 min later (its BeginTime): skip the wait
     assert _run("scontrol", "update", f"JobId={job_id}", "StartTime=now").returncode == 0
-    _until("not finished", lambda: job.done(force_check=True), 240, folder)
+    until("not finished", lambda: job.done(force_check=True), 240, folder)
     return {
         "job_id": job_id,
         "submitted": sub.stdout,

@@ -11,7 +11,6 @@ import csv
 import pickle
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,7 @@ from hpc_bliss.launch.submit import (
     submit_job,
     with_absolute_paths,
 )
+from tests.slurm_utils import job_fields, until
 from tests.slurm_utils import run as _run
 from tests.slurm_utils import sacct_state as _sacct_state
 
@@ -180,20 +180,6 @@ def test_local_cluster_two_ddp_processes(smoke_data: Path, tmp_path: Path, capsy
 # --- the local SLURM cluster -----------------------------------------------------------------
 
 
-def _job_fields(job_id: str) -> dict[str, str]:
-    out = _run("scontrol", "show", "job", "-o", job_id)
-    return dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
-
-
-def _until(what: str, check, timeout: float, logs: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            text = "\n".join(p.read_text()[-3000:] for p in sorted(logs.glob("*_log.*")))
-            pytest.fail(f"{what} within {timeout} s; logs:\n{text}")
-        time.sleep(0.3)
-
-
 def _steps(metrics_csv: Path) -> list[int]:
     with metrics_csv.open() as f:
         return sorted({int(row["step"]) for row in csv.DictReader(f)})
@@ -214,17 +200,17 @@ def test_slurm_preempted_job_resumes_then_resubmission_continues(
         "train", cfg, 1, 2, 0, time_minutes=5, cluster="slurm", folder=folder, cpus_per_task=1
     )
     last = out / "checkpoints" / "last.ckpt"
-    _until("no last.ckpt", last.is_file, 90, folder)
+    until("no last.ckpt", last.is_file, 90, folder)
     # what SLURM does before a time limit or a preemption: USR2 to every task; submitit calls
     # TrainJob.checkpoint() on rank 0 and requeues the job
     assert _run("scancel", "--signal=USR2", job.job_id).returncode == 0
     requeued = {"JobState": "PENDING", "Restarts": "1", "Reason": "BeginTime"}
-    _until("not requeued", lambda: requeued.items() <= _job_fields(job.job_id).items(), 30, folder)
+    until("not requeued", lambda: requeued.items() <= job_fields(job.job_id).items(), 30, folder)
     preempted_at = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     assert 1 <= preempted_at < 6
     # a requeued job may start again only ~2 min later (its BeginTime): skip the wait
     assert _run("scontrol", "update", f"JobId={job.job_id}", "StartTime=now").returncode == 0
-    _until("not finished", lambda: job.done(force_check=True), 120, folder)
+    until("not finished", lambda: job.done(force_check=True), 120, folder)
     result = job.results()[0]
     assert result["global_step"] == 6 and result["rank"] == 0
     assert Path(result["last"]) == last and last.is_file()
