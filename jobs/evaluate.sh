@@ -57,21 +57,6 @@ fi
 # shellcheck source=jobs/job_env.sh
 source "$job_env"
 
-echo "=== hpc-bliss evaluate: job ${SLURM_JOB_ID:-none} (${SLURM_JOB_NAME:-}) ==="
-echo "start:     $(date -Is)"
-echo "nodes:     ${SLURM_JOB_NUM_NODES:-1} (${SLURM_JOB_NODELIST:-$(hostname)})"
-echo "tasks:     ${SLURM_NTASKS:-1} (${SLURM_NTASKS_PER_NODE:-?} per node," \
-  "${SLURM_CPUS_PER_TASK:-?} CPUs per task, GPUs: ${SLURM_GPUS_PER_TASK:-${SLURM_GPUS:-none}})"
-echo "partition: ${SLURM_JOB_PARTITION:-?}  account: ${SLURM_JOB_ACCOUNT:-?}"
-echo "depends:   ${SLURM_JOB_DEPENDENCY:-none}"
-echo "config:    $config $*"
-echo "workdir:   $PWD"
-echo "python:    $(command -v python) ($(python -c 'import sys; print(sys.version.split()[0])'))"
-echo "srun:      --mpi=$srun_mpi; modules: ${HPC_BLISS_MODULES:-none}; venv: ${venv:-none}"
-
-start=$SECONDS
-status=0
-srun --mpi="$srun_mpi" --kill-on-bad-exit=1 \
-  python -m hpc_bliss evaluate "$config" "$@" || status=$?
-echo "=== end: $(date -Is), $((SECONDS - start)) s, exit status $status ==="
-exit "$status"
+job_banner evaluate "$@"
+run_step srun --mpi="$srun_mpi" --kill-on-bad-exit=1 \
+  python -m hpc_bliss evaluate "$config" "$@"

@@ -1,6 +1,7 @@
 # Sourced by the jobs/*.sh batch scripts (never run on its own): loads $HPC_BLISS_MODULES,
 # activates $HPC_BLISS_VENV (default: the submit directory's .venv), checks $config exists,
-# and passes the allocation's CPUs per task on to srun. Expects `config` and `submit_dir`.
+# passes the allocation's CPUs per task on to srun, and defines job_banner and run_step.
+# Expects `config` and `submit_dir` (and `srun_mpi` where the job uses it).
 
 # --- modules (Lmod and Environment Modules scripts are not written for `set -u`) ---------
 if [[ -n "${HPC_BLISS_MODULES:-}" ]]; then
@@ -51,3 +52,31 @@ if [[ -n "${SLURM_CPUS_PER_TASK:-}" ]]; then
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"
 fi
 export PYTHONUNBUFFERED=1
+
+# --- the log's banner and the job's one step (every jobs/*.sh ends with these two) --------
+# job_banner STAGE ARGS...: what runs where, with which config and overrides (ARGS).
+job_banner() {
+  local stage=$1
+  shift
+  echo "=== hpc-bliss $stage: job ${SLURM_JOB_ID:-none} (${SLURM_JOB_NAME:-}) ==="
+  echo "start:     $(date -Is)"
+  echo "nodes:     ${SLURM_JOB_NUM_NODES:-1} (${SLURM_JOB_NODELIST:-$(hostname)})"
+  echo "tasks:     ${SLURM_NTASKS:-1} (${SLURM_NTASKS_PER_NODE:-${SLURM_TASKS_PER_NODE:-?}} per" \
+    "node, ${SLURM_CPUS_PER_TASK:-?} CPUs per task, GPUs:" \
+    "${SLURM_GPUS_PER_TASK:-${SLURM_GPUS_PER_NODE:-${SLURM_GPUS:-none}}})"
+  echo "partition: ${SLURM_JOB_PARTITION:-?}  account: ${SLURM_JOB_ACCOUNT:-?}"
+  echo "depends:   ${SLURM_JOB_DEPENDENCY:-none}"
+  echo "config:    $config $*"
+  echo "workdir:   $PWD"
+  echo "python:    $(command -v python) ($(python -c 'import sys; print(sys.version.split()[0])'))"
+  echo "srun:      --mpi=${srun_mpi:-(cluster default)}; modules: ${HPC_BLISS_MODULES:-none};" \
+    "venv: ${venv:-none}"
+}
+
+# run_step COMMAND...: run the job's srun step, say how it ended, exit with its status.
+run_step() {
+  local start=$SECONDS status=0
+  "$@" || status=$?
+  echo "=== end: $(date -Is), $((SECONDS - start)) s, exit status $status ==="
+  exit "$status"
+}

@@ -79,19 +79,5 @@ fi
 source "$job_env"
 
 shape=(train.devices="$tasks_per_node" train.num_nodes="$num_nodes")
-echo "=== hpc-bliss train: job ${SLURM_JOB_ID:-none} (${SLURM_JOB_NAME:-}) ==="
-echo "start:     $(date -Is)"
-echo "nodes:     $num_nodes (${SLURM_JOB_NODELIST:-$(hostname)})"
-echo "tasks:     ${SLURM_NTASKS:-1} ($tasks_per_node per node," \
-  "${SLURM_CPUS_PER_TASK:-?} CPUs per task, GPUs: ${SLURM_GPUS_PER_NODE:-${SLURM_GPUS:-none}})"
-echo "partition: ${SLURM_JOB_PARTITION:-?}  account: ${SLURM_JOB_ACCOUNT:-?}"
-echo "config:    $config ${shape[*]} $*"
-echo "workdir:   $PWD"
-echo "python:    $(command -v python) ($(python -c 'import sys; print(sys.version.split()[0])'))"
-echo "modules:   ${HPC_BLISS_MODULES:-none}; venv: ${venv:-none}"
-
-start=$SECONDS
-status=0
-srun --kill-on-bad-exit=1 python -m hpc_bliss train "$config" "${shape[@]}" "$@" || status=$?
-echo "=== end: $(date -Is), $((SECONDS - start)) s, exit status $status ==="
-exit "$status"
+job_banner train "${shape[@]}" "$@"
+run_step srun --kill-on-bad-exit=1 python -m hpc_bliss train "$config" "${shape[@]}" "$@"

@@ -1,5 +1,6 @@
 """Helpers shared by the tests that use the local SLURM cluster (scripts/local_slurm.sh)."""
 
+import os
 import shutil
 import subprocess
 import time
@@ -20,6 +21,20 @@ def run(*args: str, timeout: float = 20, **kwargs) -> subprocess.CompletedProces
     return subprocess.run(
         args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs
     )
+
+
+#: variables that would make a plain process think an MPI launcher started it
+MPI_PREFIXES = ("OMPI_", "PMIX_", "PMI_")
+
+
+def plain_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a job or a plain reference process: without MPI launcher
+    variables and the job scripts' site settings (HPC_BLISS_MODULES, HPC_BLISS_SRUN_MPI), plus
+    ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(MPI_PREFIXES)}
+    for var in ("HPC_BLISS_MODULES", "HPC_BLISS_SRUN_MPI"):
+        env.pop(var, None)
+    return dict(env, **extra)
 
 
 def require_slurm_cluster() -> None:

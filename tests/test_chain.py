@@ -7,7 +7,6 @@ The SLURM test needs a cluster that is already up (CI starts it with
 """
 
 import json
-import os
 import re
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from hpc_bliss.config import load_config
 from hpc_bliss.errors import LaunchError
 from hpc_bliss.launch.chain import log_path, submit_pipeline
+from tests.slurm_utils import plain_env
 from tests.slurm_utils import run as _run
 from tests.slurm_utils import sacct_state as _sacct_state
 from tests.slurm_utils import wait_for_job as _wait_for_job
@@ -26,7 +26,6 @@ SCRIPT = ROOT / "jobs" / "evaluate.sh"
 VENV = ROOT / ".venv"
 CONFIG = ROOT / "configs" / "smoke.yaml"
 #: variables that would make a plain process think an MPI launcher started it
-MPI_PREFIXES = ("OMPI_", "PMIX_", "PMI_")
 
 
 def test_evaluate_script_syntax_and_no_site_values() -> None:
@@ -66,10 +65,7 @@ def _sacct_times(job_id: str) -> tuple[datetime, datetime]:
 def test_pipeline_runs_in_order(
     slurm_cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(MPI_PREFIXES)}
-    for var in ("HPC_BLISS_MODULES", "HPC_BLISS_SRUN_MPI"):
-        env.pop(var, None)
-    env["HPC_BLISS_VENV"] = str(VENV)
+    env = plain_env(HPC_BLISS_VENV=str(VENV))
     overrides = [
         f"generate.output_dir={tmp_path / 'data'}",
         f"train.output_dir={tmp_path / 'train'}",

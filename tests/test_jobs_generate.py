@@ -6,7 +6,6 @@ The SLURM test needs a cluster that is already up (CI starts it with
 """
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from hpc_bliss.config import load_config
 from hpc_bliss.io.shards import read_attrs, validate_shard
+from tests.slurm_utils import plain_env
 from tests.slurm_utils import run as _run
 from tests.slurm_utils import sacct_state as _sacct_state
 from tests.slurm_utils import wait_for_job as _wait_for_job
@@ -22,8 +22,6 @@ from tests.slurm_utils import wait_for_job as _wait_for_job
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "jobs" / "generate.sh"
 VENV = ROOT / ".venv"
-#: variables that would make a plain process think an MPI launcher started it
-MPI_PREFIXES = ("OMPI_", "PMIX_", "PMI_")
 
 
 def _hashes(manifest: dict) -> dict[int, str]:
@@ -54,9 +52,7 @@ def test_site_example_loads() -> None:
 
 @pytest.mark.slurm
 def test_sbatch_generate_matches_one_process(slurm_cluster: None, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(MPI_PREFIXES)}
-    for var in ("HPC_BLISS_MODULES", "HPC_BLISS_SRUN_MPI"):
-        env.pop(var, None)
+    env = plain_env()
     # the reference: one plain process, run while the job is queued and running
     one = subprocess.Popen(
         [str(VENV / "bin" / "hpc-bliss"), "generate", "configs/smoke.yaml"]

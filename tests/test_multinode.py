@@ -7,7 +7,6 @@ file system is shared, as on a cluster. Each test skips, saying why, on a smalle
 
 import csv
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -18,7 +17,7 @@ import submitit
 import torch
 
 from hpc_bliss.io.shards import DATASET_NAMES, read_attrs
-from tests.slurm_utils import job_fields, until
+from tests.slurm_utils import job_fields, plain_env, until
 from tests.slurm_utils import run as _run
 from tests.slurm_utils import sacct_state as _sacct_state
 from tests.slurm_utils import wait_for_job as _wait_for_job
@@ -30,17 +29,8 @@ VENV = ROOT / ".venv"
 SMOKE = "configs/smoke.yaml"
 #: 8 shards of 8 images: 4 train, 2 val, 2 test (so each of 2 evaluation ranks scores one)
 DATA = ["generate.n_shards=8", "generate.split=[0.5,0.25,0.25]"]
-#: variables that would make a plain process think an MPI launcher started it
-MPI_PREFIXES = ("OMPI_", "PMIX_", "PMI_")
 #: what says who wrote a shard and how long it took, not what it holds
 PROVENANCE = {"rank", "host", "created_utc", "seconds", "sample_s", "render_s", "write_s"}
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(MPI_PREFIXES)}
-    for var in ("HPC_BLISS_MODULES", "HPC_BLISS_SRUN_MPI"):
-        env.pop(var, None)
-    return dict(env, HPC_BLISS_VENV=str(VENV), **extra)
 
 
 def _sbatch(tmp_path: Path, script: str, *args: str, options: tuple[str, ...] = ()) -> str:
@@ -56,7 +46,7 @@ def _sbatch(tmp_path: Path, script: str, *args: str, options: tuple[str, ...] = 
         str(ROOT / "jobs" / script),
         *args,
         cwd=ROOT,
-        env=_clean_env(HPC_BLISS_CONFIG=SMOKE),
+        env=plain_env(HPC_BLISS_VENV=str(VENV), HPC_BLISS_CONFIG=SMOKE),
     )
     assert submit.returncode == 0, f"sbatch: {submit.stderr}"
     job_id = submit.stdout.strip().split(";")[0]
@@ -73,7 +63,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(VENV / "bin" / "hpc-bliss"), *args],
         cwd=ROOT,
-        env=_clean_env(),
+        env=plain_env(HPC_BLISS_VENV=str(VENV)),
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,

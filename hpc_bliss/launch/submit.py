@@ -350,41 +350,6 @@ def submit_job(
     return job
 
 
-def submit(
-    kind: str,
-    cfg: Config,
-    nodes: int,
-    tasks_per_node: int,
-    gpus_per_node: int,
-    partition: str | None = None,
-    time_minutes: int | None = None,
-    account: str | None = None,
-    cluster: str | None = None,
-    folder: str | Path | None = None,
-    wait: bool = False,
-    cpus_per_task: int | None = None,
-) -> int:
-    """:func:`submit_job`, then with ``wait`` (always for "debug") report the outcome.
-
-    Returns the exit status: 0 submitted (or completed), 1 the job failed.
-    """
-    cluster = cluster or cfg.launch.cluster
-    job = submit_job(
-        kind,
-        cfg,
-        nodes,
-        tasks_per_node,
-        gpus_per_node,
-        partition,
-        time_minutes,
-        account,
-        cluster,
-        folder,
-        cpus_per_task,
-    )
-    return wait_and_report(job) if wait or cluster == "debug" else 0
-
-
 def add_submit_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add `submit` to the CLI's subparsers (``argparse._SubParsersAction``)."""
     text = "submit a stage as a job (SLURM via submitit, local processes, or in-process)"
@@ -426,7 +391,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     tasks = args.tasks_per_node
     if tasks is None:
         tasks = gpus if gpus > 0 else launch.tasks_per_node
-    return submit(
+    job = submit_job(
         args.kind,
         cfg,
         nodes=launch.nodes if args.nodes is None else args.nodes,
@@ -437,6 +402,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         account=args.account,
         cluster=args.cluster,
         folder=args.folder,
-        wait=args.wait,
         cpus_per_task=args.cpus_per_task,
     )
+    # exit status: 0 submitted (or, waited for, completed), 1 the job failed
+    waits = args.wait or (args.cluster or launch.cluster) == "debug"  # debug runs it here
+    return wait_and_report(job) if waits else 0
