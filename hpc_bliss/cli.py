@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -146,15 +145,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _local_mpirun(processes: int) -> list[str] | None:
-    """An `mpirun -n N` prefix when N > 1 and Open MPI + mpi4py are usable here, else None."""
-    if processes < 2 or shutil.which("mpirun") is None:
+    """An `mpirun -n N` prefix when N > 1 and an MPI that mpi4py can load is here, else None
+    (after one line saying why the MPI stages run as one process)."""
+    from hpc_bliss.parallel.env import mpi_problem, mpirun_command
+
+    if processes < 2:
         return None
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
+    problem = mpi_problem()
+    mpirun = mpirun_command()
+    if problem or mpirun is None:
+        why = problem or "no mpirun found (on PATH or beside this Python)"
+        print(f"[pipeline] MPI is not available ({why}): generate and evaluate run as 1 process")
         return None
     extra = ["--oversubscribe"] if processes > (os.cpu_count() or 1) else []
-    return ["mpirun", "-n", str(processes), *extra]
+    return [mpirun, "-n", str(processes), *extra]
 
 
 def _run_stage(name: str, cmd: list[str]) -> None:

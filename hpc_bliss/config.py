@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,19 +244,57 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as err:
             raise ConfigError(f"{origin}: {_describe(err)}") from err
-    validate(cfg, origin=str(path) if path else "defaults")
+    validate(cfg, origin=_origin_finder(path, layers, overrides or []))
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, Config)
     return obj
 
 
-def _require(cond: bool, origin: str, key: str, expected: str, value: Any) -> None:
+def _origin_finder(
+    path: Path | None, layers: list[tuple[str, Any]], overrides: list[str]
+) -> Callable[[str, str], str]:
+    """key → where its value came from: the command-line override that set it (or set a
+    section holding it), else the YAML file, else the schema defaults."""
+
+    def related(a: str, b: str) -> bool:
+        return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+    def origin(key: str, expected: str = "") -> str:
+        for item in reversed(overrides):
+            name = item.split("=", 1)[0].lstrip("+~")
+            # the key itself, or a key the expectation refers to (tile_slen for image_height)
+            if related(name, key) or (name and f"{name}=" in expected):
+                return f"command-line override {item!r}"
+        if path is not None and OmegaConf.select(layers[0][1], key) is not None:
+            return str(path)
+        return f"{path}: the default" if path is not None else "defaults"
+
+    return origin
+
+
+class _Invalid(Exception):
+    def __init__(self, key: str, value: Any, expected: str) -> None:
+        self.key, self.value, self.expected = key, value, expected
+
+
+def _require(cond: bool, origin: Any, key: str, expected: str, value: Any) -> None:
     if not cond:
-        raise ConfigError(f"{origin}: key '{key}' = {value!r}: expected {expected}")
+        raise _Invalid(key, value, expected)
 
 
-def validate(cfg: Config | DictConfig, origin: str = "config") -> None:
-    """Check values that types alone cannot: sizes that divide, ranges, per-band list lengths."""
+def validate(cfg: Config | DictConfig, origin: str | Callable[[str, str], str] = "config") -> None:
+    """Check values that types alone cannot: sizes that divide, ranges, per-band list lengths.
+    ``origin`` names where a value came from: a string, or a function of (key, expectation)."""
+    try:
+        _validate(cfg, origin)
+    except _Invalid as bad:
+        where = origin(bad.key, bad.expected) if callable(origin) else origin
+        raise ConfigError(
+            f"{where}: key '{bad.key}' = {bad.value!r}: expected {bad.expected}"
+        ) from None
+
+
+def _validate(cfg: Config | DictConfig, origin: Any) -> None:
     p, r = cfg.prior, cfg.render
     nb = len(p.bands)
     _require(nb >= 1, origin, "prior.bands", "at least one band", list(p.bands))

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from hpc_bliss.config import load_config  # noqa: E402
 from hpc_bliss.io.shards import write_shard  # noqa: E402
+from hpc_bliss.parallel.env import mpirun_command  # noqa: E402
 from hpc_bliss.parallel.generate import simulate_shard  # noqa: E402
 from hpc_bliss.simulate.batch import make_renderer  # noqa: E402
 
@@ -68,7 +69,7 @@ def run_generate(
 ) -> tuple[float, dict]:
     env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     cmd = [
-        "mpirun",
+        mpirun_command() or "mpirun",
         "-n",
         str(ranks),
         sys.executable,

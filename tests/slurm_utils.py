@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 START_HINT = (
-    "run `scripts/local_slurm.sh install && scripts/local_slurm.sh start --nodes 2` (as root)"
+    "run `scripts/run_tests.sh --cluster` (as root: installs and starts a two-node local SLURM, "
+    "then runs everything), or `scripts/local_slurm.sh install && scripts/local_slurm.sh start "
+    "--nodes 2`"
 )
 NODES_HINT = "run `scripts/local_slurm.sh start --nodes 2` (as root)"
 USABLE_NODE_STATES = {"idle", "mixed", "allocated", "completing"}

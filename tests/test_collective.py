@@ -1,6 +1,5 @@
 """generate.io=mpio: the parallel-h5py check and the collective single-file writer."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,14 +22,9 @@ from hpc_bliss.io.collective import (
 from hpc_bliss.io.manifest import shard_path, write_virtual_dataset
 from hpc_bliss.io.shards import CATALOG_SPEC, SCHEMA_VERSION, ShardData, shard_name, write_shard
 from tests.conftest import CONFIGS, ROOT
+from tests.mpi_utils import MPI_ENV, PARALLEL_H5PY_HINT, mpirun
 
 VENV_BIN = Path(sys.executable).parent
-MPI_ENV = {
-    **os.environ,
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-}
 
 #: a tiny configuration: 2 bands, 4×6 pixels in 2×2 tiles, 2 sources per tile
 CFG = SimpleNamespace(
@@ -211,14 +205,13 @@ print(f"rank {comm.rank}/{comm.size} wrote shards {mine}", flush=True)
 @pytest.mark.mpi
 @pytest.mark.skipif(
     not parallel_h5py_available(),
-    reason="h5py is not built against parallel HDF5 (h5py.get_config().mpi is False): "
-    "build it with scripts/build_parallel_h5py.sh",
+    reason=PARALLEL_H5PY_HINT,
 )
 def test_two_ranks_write_one_file(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     path = tmp_path / "collective.h5"
-    cmd = ["mpirun", "-n", "2", str(VENV_BIN / "python"), str(driver), str(path)]
+    cmd = [*mpirun(2), str(VENV_BIN / "python"), str(driver), str(path)]
     res = subprocess.run(cmd, cwd=ROOT, env=MPI_ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "rank 0/2 wrote shards [0, 2]" in res.stdout

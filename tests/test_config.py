@@ -86,3 +86,18 @@ def test_hash_tracks_simulation_sections_only():
     c = load_config(CONFIGS / "smoke.yaml", ["prior.mean_sources=0.25"])
     assert config_hash(a) == config_hash(b) != config_hash(c)
     assert "mean_sources: 0.2" in to_yaml(a)
+
+
+def test_a_bad_value_is_blamed_on_where_it_came_from(tmp_path):
+    # an override names the override, not the file it overrides
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS / "smoke.yaml", ["prior.mean_sources=-1"])
+    assert str(err.value).startswith("command-line override 'prior.mean_sources=-1': ")
+    assert "smoke.yaml" not in str(err.value)
+    # a relation broken by an override names the override that broke it
+    with pytest.raises(ConfigError, match="^command-line override 'prior.tile_slen=3': "):
+        load_config(CONFIGS / "smoke.yaml", ["prior.tile_slen=3"])
+    # a value from the file names the file, even when other overrides are given
+    path = _write(tmp_path, "prior:\n  mean_sources: -2\n")
+    with pytest.raises(ConfigError, match=f"^{path}: key 'prior.mean_sources' = -2.0"):
+        load_config(path, ["seed=3"])

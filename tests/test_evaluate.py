@@ -1,7 +1,6 @@
 """The evaluate stage end to end on smoke data: report files, the merge across processes."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +10,12 @@ import torch
 
 from hpc_bliss.catalog import FullCatalog
 from hpc_bliss.config import load_config
+from hpc_bliss.errors import ConfigError
 from hpc_bliss.evaluate.run import evaluate, interior, load_encoder
 from hpc_bliss.parallel.generate import generate
 from hpc_bliss.train.run import train
 from tests.conftest import CONFIGS, ROOT
+from tests.mpi_utils import MPI_ENV, mpirun
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +93,8 @@ def test_interior_keeps_sources_in_the_box():
 def test_two_processes_equal_one(trained):
     root, overrides = trained
     # two test shards: each process scores one, rank 0 adds the counts
-    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     cmd = [
-        "mpirun",
-        "-n",
-        "2",
+        *mpirun(2),
         sys.executable,
         "-m",
         "hpc_bliss",
@@ -105,7 +103,7 @@ def test_two_processes_equal_one(trained):
         *overrides,
         f"evaluate.output_dir={root / 'r2'}",
     ]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, cwd=ROOT, env=MPI_ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     one = json.loads((root / "r1" / "report.json").read_text()) if (root / "r1").exists() else None
     if one is None:
@@ -118,3 +116,41 @@ def test_two_processes_equal_one(trained):
     for key in ("encoder", "sep", "most_frequent", "n_tiles"):
         assert two[key] == one[key], key
     assert Path(root / "r2" / "report.md").exists()
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, capsys):
+    from hpc_bliss.cli import main
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    assert main(["evaluate", str(CONFIGS / "smoke.yaml"), f"ckpt={text}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(text) in err[0] and "expected a .ckpt" in err[0], err
+    other = tmp_path / "weights.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    assert main(["evaluate", str(CONFIGS / "smoke.yaml"), f"ckpt={other}"]) == 2
+    err = capsys.readouterr().err
+    assert str(other) in err and "hyper_parameters" in err
+
+
+def test_a_config_that_does_not_match_the_data_is_refused(trained):
+    root, overrides = trained
+    # smoke data and a smoke checkpoint scored with the m2 prior (5 bands, 112×112 px)
+    cfg = load_config(CONFIGS / "m2.yaml", [*overrides, f"evaluate.output_dir={root / 'm2'}"])
+    with pytest.raises(ConfigError, match="does not match the data in") as err:
+        evaluate(cfg, log=lambda s: None)
+    assert "112×112" in str(err.value) and str(overrides[0].split("=", 1)[1]) in str(err.value)
+    assert not (root / "m2").exists()
+
+
+def test_a_checkpoint_that_does_not_match_the_data_is_refused(trained, tmp_path):
+    root, overrides = trained
+    from hpc_bliss.train.lit_module import EncoderModule
+
+    hp = torch.load(overrides[-1].split("=", 1)[1], weights_only=True)["hyper_parameters"]
+    module = EncoderModule(n_bands=hp["n_bands"], tile_slen=4, hidden=hp["hidden"])
+    other = tmp_path / "other.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, other)
+    cfg = load_config(CONFIGS / "smoke.yaml", [*overrides, f"evaluate.checkpoint={other}"])
+    with pytest.raises(ConfigError, match=f"checkpoint {other} was trained on .* 4-px tiles"):
+        evaluate(cfg, log=lambda s: None)

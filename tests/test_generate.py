@@ -2,7 +2,6 @@
 
 import errno
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,9 +20,9 @@ from hpc_bliss.io.manifest import split_counts, split_of
 from hpc_bliss.io.shards import CATALOG_SPEC, DATASET_NAMES, validate_shard
 from hpc_bliss.parallel.generate import generate
 from tests.conftest import CONFIGS, ROOT
+from tests.mpi_utils import MPI_ENV, PARALLEL_H5PY_HINT, mpirun
 
 VENV_BIN = Path(sys.executable).parent
-MPI_ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
 def _cfg(out, *extra):
@@ -218,7 +217,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(reference, tmp_path):
 
 
 def _mpirun_generate(out, *extra):
-    cmd = ["mpirun", "-n", "2", str(VENV_BIN / "python"), "-m", "hpc_bliss", "generate"]
+    cmd = [*mpirun(2), str(VENV_BIN / "python"), "-m", "hpc_bliss", "generate"]
     cmd += [str(CONFIGS / "smoke.yaml"), f"generate.output_dir={out}", *extra]
     res = subprocess.run(cmd, cwd=ROOT, env=MPI_ENV, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -240,7 +239,7 @@ def test_mpio_writes_one_collective_file_equal_to_the_shards(reference, tmp_path
     from hpc_bliss.io.collective import parallel_h5py_available
 
     if not parallel_h5py_available():
-        pytest.skip("h5py is not built against parallel HDF5: scripts/build_parallel_h5py.sh")
+        pytest.skip(PARALLEL_H5PY_HINT)
     out = tmp_path / "data"
     _mpirun_generate(out, "generate.io=mpio")
     assert _hashes(out) == _hashes(reference)

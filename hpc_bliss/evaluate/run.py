@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from hpc_bliss.catalog import FullCatalog
 from hpc_bliss.config import Config, to_yaml
@@ -22,17 +23,32 @@ from hpc_bliss.evaluate.matching import match_catalogs
 from hpc_bliss.evaluate.metrics import DetectionCounts, TileCounts
 from hpc_bliss.io.reader import ShardDataset
 from hpc_bliss.model import Encoder
-from hpc_bliss.parallel.env import ProcessEnv, detect, pick_device
+from hpc_bliss.parallel.env import ProcessEnv, detect, pick_device, single_process_note
 
 MAG_BINS = [16.0, 18.0, 19.0, 20.0, 21.0, 22.0, 23.0, 24.0]
 
 
 def load_encoder(path: str | Path, device: torch.device) -> tuple[Encoder, dict]:
-    """The encoder of a training checkpoint, loaded with ``weights_only=True``."""
+    """The encoder of a training checkpoint, loaded with ``weights_only=True``; a file that is
+    not one gives a :class:`ConfigError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"evaluate.checkpoint={path}: no such checkpoint")
-    ckpt = torch.load(path, weights_only=True, map_location=device)
+    expected = "expected a .ckpt written by 'hpc-bliss train'"
+    try:
+        ckpt = torch.load(path, weights_only=True, map_location=device)
+    except Exception as err:  # torch raises several classes for a file that is not a ckpt
+        why = type(err).__name__ + (
+            ": " + str(err).strip().splitlines()[0][:160] if str(err) else ""
+        )
+        raise ConfigError(
+            f"evaluate.checkpoint={path}: torch.load cannot read it ({why}); {expected}"
+        ) from err
+    if not isinstance(ckpt, dict) or not {"hyper_parameters", "state_dict"} <= set(ckpt):
+        raise ConfigError(
+            f"evaluate.checkpoint={path}: a torch file without hyper_parameters and "
+            f"state_dict; {expected}"
+        )
     hp = ckpt["hyper_parameters"]
     enc = Encoder(hp["n_bands"], hp["tile_slen"], hp["hidden"], hp["n_blocks"], hp["border_tiles"])
     state = {
@@ -40,6 +56,30 @@ def load_encoder(path: str | Path, device: torch.device) -> tuple[Encoder, dict]
     }
     enc.load_state_dict(state)
     return enc.to(device).eval(), dict(hp)
+
+
+def check_compatible(cfg: Config, data: ShardDataset, hp: dict, checkpoint: str | Path) -> None:
+    """Refuse to score when the config's prior, the data and the checkpoint disagree on the
+    bands, the tile size or the image size, naming both sides."""
+
+    def shape(bands: list, tile: int, h: int | None = None, w: int | None = None) -> str:
+        size = f", {h}×{w} px images" if h is not None else ""
+        return f"{len(bands)} bands {list(bands)}, {tile}-px tiles{size}"
+
+    p = cfg.prior
+    prior = OmegaConf.create(data.config_yaml).prior
+    mine = shape(list(p.bands), p.tile_slen, p.image_height, p.image_width)
+    theirs = shape(list(prior.bands), prior.tile_slen, prior.image_height, prior.image_width)
+    if mine != theirs:
+        raise ConfigError(
+            f"evaluate: the config's prior ({mine}) does not match the data in "
+            f"{data.data_dir} ({theirs}); evaluate with the config the data was generated with"
+        )
+    if (hp["n_bands"], hp["tile_slen"]) != (len(prior.bands), prior.tile_slen):
+        raise ConfigError(
+            f"evaluate: checkpoint {checkpoint} was trained on {hp['n_bands']} bands and "
+            f"{hp['tile_slen']}-px tiles; the data in {data.data_dir} has {theirs}"
+        )
 
 
 def default_checkpoint(cfg: Config) -> Path:
@@ -106,11 +146,14 @@ def evaluate(
     from hpc_bliss.evaluate.report import write_report
 
     env = env or detect()
+    if env.comm is None:
+        log(f"[evaluate] {single_process_note()}")
     e = cfg.evaluate
     device = pick_device(cfg.generate.device, env)
     checkpoint = e.checkpoint or default_checkpoint(cfg)
     encoder, hp = load_encoder(checkpoint, device)
     data = ShardDataset(e.data_dir, "test")
+    check_compatible(cfg, data, hp, checkpoint)
     min_flux = float(hp.get("min_flux_threshold", cfg.train.min_flux_threshold))
     border = int(e.border_tiles)
     ts = data.tile_slen

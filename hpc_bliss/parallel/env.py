@@ -1,16 +1,28 @@
-"""Where this process sits: rank, world size, local rank, and its device.
+"""Where this process sits: rank, world size, local rank, and its device; which MPI it uses.
 
 The launchers' variables are read from one table (as submitit does), never scattered.
 MPI is initialised only when a launcher started this process (mpirun, srun --mpi=pmix).
+
+Which MPI: ``HPC_BLISS_MPI=system|pip|none`` (default ``auto``). ``scripts/setup_venv.sh``
+installs Open MPI from pip into the venv only where no system MPI is found; mpi4py then loads
+the venv's libmpi, and :func:`mpirun_command` returns the venv's ``mpirun`` to match it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from hpc_bliss.errors import LaunchError
+
+MPI_CHOICES = ("auto", "system", "pip", "none")
 
 #: concept → environment variables that carry it, first found wins
 ENV_TABLE: dict[str, tuple[str, ...]] = {
@@ -62,13 +74,73 @@ def under_mpi_launcher() -> bool:
     return any(os.environ.get(v) for v in MPI_MARKERS)
 
 
+def mpi_choice() -> str:
+    """``HPC_BLISS_MPI`` (auto, system, pip or none; default auto)."""
+    choice = os.environ.get("HPC_BLISS_MPI", "auto").strip().lower() or "auto"
+    if choice not in MPI_CHOICES:
+        raise LaunchError(f"HPC_BLISS_MPI={choice!r}: expected one of {', '.join(MPI_CHOICES)}")
+    return choice
+
+
+def _venv_bin() -> Path:
+    return Path(sys.executable).parent
+
+
+def mpi_problem() -> str | None:
+    """Why mpi4py cannot use an MPI library here (one line), or None when it can.
+
+    Loads no MPI: it only checks that mpi4py imports and that a libmpi is found where mpi4py
+    looks (this environment's lib/ first, then the system's library path)."""
+    if mpi_choice() == "none":
+        return "HPC_BLISS_MPI=none"
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return "mpi4py is not installed"
+    names = ["libmpi.so", "libmpi.so.12", "libmpi.so.40"]
+    # mpi4py's own search: MPI4PY_LIBMPI alone when set, else this environment's lib/ first
+    candidates = os.environ.get("MPI4PY_LIBMPI", "").split(os.pathsep)
+    if candidates == [""]:
+        candidates = [str(Path(sys.exec_prefix) / "lib" / n) for n in names] + names
+    for name in candidates:
+        try:
+            ctypes.CDLL(name, os.RTLD_LAZY | os.RTLD_LOCAL).MPI_Get_version  # noqa: B018
+            return None
+        except (OSError, AttributeError):
+            continue
+    return "no MPI library (libmpi.so) found: scripts/setup_venv.sh installs one from pip"
+
+
+def mpirun_command() -> str | None:
+    """The ``mpirun`` that matches the MPI mpi4py loads: this environment's own (pip's Open
+    MPI, next to the Python that runs), else the first on PATH; None when there is none."""
+    own = _venv_bin() / "mpirun"
+    if own.is_file() and mpi_choice() != "system":
+        return str(own)
+    return shutil.which("mpirun")
+
+
+def single_process_note() -> str:
+    """One line saying why this process runs alone (printed by generate and evaluate)."""
+    problem = mpi_problem()
+    if problem:
+        return f"one process: MPI is not available ({problem})"
+    return "one process: not started by mpirun or srun"
+
+
 def detect(use_mpi: bool | None = None) -> ProcessEnv:
     """The process layout; with ``use_mpi`` None, MPI is used iff an MPI launcher is detected."""
     if use_mpi is None:
         use_mpi = under_mpi_launcher()
     if use_mpi:
-        from mpi4py import MPI
-
+        try:
+            from mpi4py import MPI
+        except (ImportError, RuntimeError) as err:
+            why = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise LaunchError(
+                f"started by an MPI launcher, but mpi4py cannot load MPI ({why}); use the "
+                "mpirun of the MPI mpi4py was installed for, or HPC_BLISS_MPI (see README)"
+            ) from err
         comm = MPI.COMM_WORLD
         local = comm.Split_type(MPI.COMM_TYPE_SHARED)
         return ProcessEnv(

@@ -45,7 +45,7 @@ from hpc_bliss.io.shards import (
     validate_shard,
     write_shard,
 )
-from hpc_bliss.parallel.env import ProcessEnv, detect, pick_device
+from hpc_bliss.parallel.env import ProcessEnv, detect, pick_device, single_process_note
 from hpc_bliss.seeding import make_generator
 from hpc_bliss.simulate.batch import make_renderer
 from hpc_bliss.simulate.prior import sample_prior
@@ -160,6 +160,8 @@ def generate(
     rank's rows into one collective file (needs parallel h5py; rewritten as a whole).
     """
     env = env or detect()
+    if env.comm is None:
+        log(f"[generate] {single_process_note()}")
     g = cfg.generate
     out = Path(g.output_dir)
     digest = config_hash(cfg)

@@ -16,10 +16,19 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.plugins.environments import (
+    ClusterEnvironment,
+    LightningEnvironment,
+    LSFEnvironment,
+    MPIEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+)
 
 from hpc_bliss.config import Config
-from hpc_bliss.errors import ConfigError
+from hpc_bliss.errors import ConfigError, LaunchError
 from hpc_bliss.io.manifest import read_manifest
+from hpc_bliss.parallel.env import mpi_problem, under_mpi_launcher
 from hpc_bliss.train.data import ShardDataModule
 from hpc_bliss.train.lit_module import EncoderModule
 from hpc_bliss.train.ranks import RankReport
@@ -35,6 +44,22 @@ def _loggers(out: Path) -> list:
     except ImportError:
         pass
     return loggers
+
+
+def cluster_environment() -> ClusterEnvironment:
+    """Lightning's own choice (TorchElastic, SLURM, LSF, MPI, else local), except that MPI is
+    asked only when an MPI launcher started this process: Lightning's MPI check imports
+    mpi4py.MPI, which raises where no MPI library can be loaded."""
+    for env_type in (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment):
+        if env_type.detect():
+            return env_type()
+    if under_mpi_launcher():
+        problem = mpi_problem()
+        if problem:
+            raise LaunchError(f"train: started by an MPI launcher, but {problem}")
+        if MPIEnvironment.detect():
+            return MPIEnvironment()
+    return LightningEnvironment()
 
 
 def build_trainer(cfg: Config, total_steps: int) -> pl.Trainer:
@@ -58,6 +83,7 @@ def build_trainer(cfg: Config, total_steps: int) -> pl.Trainer:
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy="ddp" if world > 1 else "auto",
+        plugins=[cluster_environment()],
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
         max_time=timedelta(minutes=t.max_minutes) if t.max_minutes > 0 else None,
