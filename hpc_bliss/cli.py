@@ -3,138 +3,41 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-import torch
-
-from hpc_bliss.config import Config, load_config
-from hpc_bliss.errors import HpcBlissError, LaunchError
-
-
-def _simulate(cfg: Config, out_dir: Path, n_images: int | None = None) -> dict:
-    """Sample and render one batch, save a PNG of the first image, return a summary (with the
-    first image's reference band as text lines, "text")."""
-    from hpc_bliss.parallel.env import detect, pick_device
-    from hpc_bliss.plotting import plot_bands, text_picture
-    from hpc_bliss.seeding import make_generator
-    from hpc_bliss.simulate.batch import make_renderer
-    from hpc_bliss.simulate.prior import sample_prior
-
-    device = pick_device(cfg.generate.device, detect(use_mpi=False))
-    n = n_images or cfg.generate.batch_size
-    gen = make_generator(cfg.seed, "preview", device=device)
-    renderer = make_renderer(cfg, device)
-    t0 = time.perf_counter()
-    catalog = sample_prior(cfg.prior, n, gen, device)
-    t1 = time.perf_counter()
-    batch = renderer.render(catalog, gen)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t2 = time.perf_counter()
-    full = catalog.to_full_catalog()
-    k = int(full["n_sources"][0])
-    png = plot_bands(
-        batch.images[0],
-        full["plocs"][0, :k],
-        full["source_type"][0, :k, 0],
-        list(cfg.prior.bands),
-        out_dir / "sample.png",
-        title=f"{cfg.name}: image 0, {k} sources (+ star, o galaxy)",
-    )
-    ref = cfg.prior.reference_band
-    text = text_picture(batch.images[0, ref], full["plocs"][0, :k], full["source_type"][0, :k, 0])
-    n_src = catalog["n_sources"].float()
-    galaxies = int(catalog.galaxy_bools.sum())
-    return {
-        "images": n,
-        "shape": tuple(batch.images.shape[1:]),
-        "device": str(device),
-        "sources_per_image": float(n_src.sum(dim=(1, 2)).mean()),
-        "sources_per_tile": float(n_src.mean()),
-        "galaxy_fraction": galaxies / max(int(n_src.sum()), 1),
-        "prior_s": t1 - t0,
-        "render_s": t2 - t1,
-        "png": str(png),
-        "text": text,
-        "n_sources_0": k,
-    }
+from hpc_bliss.config import load_config
+from hpc_bliss.errors import HpcBlissError
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from hpc_bliss.stages import simulate
+
     cfg = load_config(args.config, args.overrides)
-    out = Path(args.out or Path("runs") / cfg.name / "preview")
-    s = _simulate(cfg, out, args.n_images)
-    c, h, w = s["shape"]
-    print(f"[simulate] {cfg.name}: {s['images']} images of {c} bands × {h}×{w} px on {s['device']}")
-    print(
-        f"[simulate] {s['sources_per_image']:.1f} sources per image "
-        f"({s['sources_per_tile']:.3f} per tile), galaxy fraction {s['galaxy_fraction']:.2f}"
-    )
-    rate = s["images"] / max(s["render_s"], 1e-9)
-    print(
-        f"[simulate] prior {s['prior_s']:.3f} s, render {s['render_s']:.3f} s ({rate:.1f} images/s)"
-    )
-    print(f"[simulate] wrote {s['png']}")
-    if args.text:
-        band = cfg.prior.bands[cfg.prior.reference_band]
-        print(f"[simulate] image 0, band {band}, {s['n_sources_0']} sources (S star, G galaxy):")
-        print("\n".join(s["text"]))
-    return 0
+    return simulate.run(cfg, args.out, args.n_images, args.text)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from hpc_bliss.parallel.generate import generate
+    from hpc_bliss.stages.generate import generate
 
     cfg = load_config(args.config, args.overrides)
     return generate(cfg, overwrite=args.overwrite)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    import json
-
-    from hpc_bliss.io.inspect import format_summary, summarize, validate_dir
+    from hpc_bliss.io.inspect import inspect_command
 
     validate = args.command == "validate" or args.validate
-    try:
-        summary = summarize(args.dir)
-    except HpcBlissError as err:
-        if not validate:
-            raise
-        print(f"hpc-bliss: error: {err}", file=sys.stderr)  # validation says more below
-    else:
-        print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
-    if not validate:
-        return 0
-    problems = validate_dir(args.dir)
-    for problem in problems:
-        print(f"INVALID: {problem}")
-    print(f"[validate] {len(problems)} problem(s) in {args.dir}")
-    return 1 if problems else 0
+    return inspect_command(args.dir, validate=validate, as_json=args.json)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hpc_bliss.train.run import train
+    from hpc_bliss.stages import train
 
-    cfg = load_config(args.config, args.overrides)
-    result = train(cfg)
-    if result["rank"] == 0:
-        m = result["metrics"]
-        acc = m.get("val/n_sources_accuracy")
-        print(
-            f"[train] step {result['global_step']}: val loss {m.get('val/loss', float('nan')):.4f}"
-            + (f", val n_sources accuracy {acc:.4f}" if acc is not None else "")
-        )
-        print(f"[train] checkpoints: {result['best'] or '-'} (best), {result['last']} (last)")
-    return 0
+    return train.run(load_config(args.config, args.overrides))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from hpc_bliss.evaluate.run import evaluate
+    from hpc_bliss.stages.evaluate import evaluate
 
     # `ckpt=PATH` is accepted as a short form of `evaluate.checkpoint=PATH`
     overrides = [
@@ -144,69 +47,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_mpirun(processes: int) -> list[str] | None:
-    """An `mpirun -n N` prefix when N > 1 and an MPI that mpi4py can load is here, else None
-    (after one line saying why the MPI stages run as one process)."""
-    from hpc_bliss.parallel.env import mpi_problem, mpirun_command
-
-    if processes < 2:
-        return None
-    problem = mpi_problem()
-    mpirun = mpirun_command()
-    if problem or mpirun is None:
-        why = problem or "no mpirun found (on PATH or beside this Python)"
-        print(f"[pipeline] MPI is not available ({why}): generate and evaluate run as 1 process")
-        return None
-    extra = ["--oversubscribe"] if processes > (os.cpu_count() or 1) else []
-    return [mpirun, "-n", str(processes), *extra]
-
-
-def _run_stage(name: str, cmd: list[str]) -> None:
-    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-    if subprocess.run(cmd, env=env).returncode != 0:
-        raise LaunchError(f"pipeline stage '{name}' failed: {shlex.join(cmd)}")
-
-
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    """generate → train → evaluate on this machine, each stage resuming what is already done:
-    generation and evaluation with `--processes` MPI ranks (when mpirun and mpi4py work),
-    training as `--processes` DDP processes (CPU/gloo, or one per GPU)."""
+    from hpc_bliss.stages import pipeline
+
     cfg = load_config(args.config, args.overrides)
-    n = max(1, args.processes)
-    py = [sys.executable, "-m", "hpc_bliss"]
-    data = cfg.generate.output_dir
-    common = [
-        str(args.config),
-        *args.overrides,
-        f"train.data_dir={data}",
-        f"evaluate.data_dir={data}",
-    ]
-    mpirun = _local_mpirun(n) or []
-    ranks = int(mpirun[2]) if mpirun else 1
-    print(f"[pipeline] 1/3 generate → {data} ({ranks} rank(s))", flush=True)
-    _run_stage("generate", [*mpirun, *py, "generate", *common])
-    gpus = torch.cuda.device_count()
-    devices = min(n, gpus) if gpus else n
-    accel = "gpu" if gpus else "cpu"
-    print(
-        f"[pipeline] 2/3 train → {cfg.train.output_dir} ({devices} {accel} process(es))", flush=True
-    )
-    _run_stage(
-        "train", [*py, "train", *common, f"train.devices={devices}", f"train.accelerator={accel}"]
-    )
-    ckpt = Path(cfg.train.output_dir) / "checkpoints" / "best.ckpt"
-    if not ckpt.exists():
-        ckpt = ckpt.with_name("last.ckpt")
-    print(
-        f"[pipeline] 3/3 evaluate {ckpt} → {cfg.evaluate.output_dir} ({ranks} rank(s))", flush=True
-    )
-    _run_stage("evaluate", [*mpirun, *py, "evaluate", *common, f"evaluate.checkpoint={ckpt}"])
-    out = cfg.evaluate.output_dir
-    print(
-        f"[pipeline] done: {out}/report.md, {out}/confusion.png, {out}/detection_vs_mag.png, "
-        f"{out}/example.png"
-    )
-    return 0
+    return pipeline.run(cfg, args.config, args.overrides, args.processes)
 
 
 def build_parser() -> argparse.ArgumentParser:

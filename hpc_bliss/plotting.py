@@ -1,15 +1,13 @@
-"""PNG figures of images with their catalogs (matplotlib, headless)."""
+"""PNG figures of images with their catalogs (matplotlib's Figure, no pyplot: saving needs no
+display and leaves the backend of a notebook or script that imports this alone)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from torch import Tensor  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from torch import Tensor
 
 
 def plot_bands(
@@ -30,7 +28,8 @@ def plot_bands(
     img = image.detach().cpu().numpy()
     locs = plocs.detach().cpu().numpy()
     kinds = source_type.detach().cpu().numpy().astype(bool)
-    fig, axes = plt.subplots(1, len(bands), figsize=(3.2 * len(bands), 3.6), squeeze=False)
+    fig = Figure(figsize=(3.2 * len(bands), 3.6))
+    axes = fig.subplots(1, len(bands), squeeze=False)
     for b, ax in enumerate(axes[0]):
         band = img[b]
         lo, hi = np.percentile(band, [1, 99.5])
@@ -53,7 +52,6 @@ def plot_bands(
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 from hpc_bliss.config import load_config  # noqa: E402
 from hpc_bliss.io.shards import write_shard  # noqa: E402
 from hpc_bliss.parallel.env import mpirun_command  # noqa: E402
-from hpc_bliss.parallel.generate import simulate_shard  # noqa: E402
 from hpc_bliss.simulate.batch import make_renderer  # noqa: E402
+from hpc_bliss.stages.generate import simulate_shard  # noqa: E402
 
 
 def raw_write(path: Path, arrays: list[np.ndarray]) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Print the configuration reference (every key, its default and its documentation, from the
-dataclasses in hpc_bliss/config.py) as a Markdown table — the README's table is this output.
+dataclasses in hpc_bliss/config/schema.py) as a Markdown table — the README's table is this output.
 
     python scripts/config_reference.py
 """
@@ -15,13 +15,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hpc_bliss import config as config_mod  # noqa: E402
+from hpc_bliss.config import schema as config_mod  # noqa: E402
 
 FIELD = re.compile(r"^    (\w+): [^=]+=")
 
 
 def docs_by_class() -> dict[str, dict[str, str]]:
-    """``#:`` comments of each dataclass field, read from config.py's source."""
+    """``#:`` comments of each dataclass field, read from the schema module's source."""
     out: dict[str, dict[str, str]] = {}
     current = name = None
     for line in Path(config_mod.__file__).read_text().splitlines():

@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,13 @@ START_HINT = (
     "run `scripts/run_tests.sh --cluster` (as root: installs and starts a two-node local SLURM, "
     "then runs everything), or `scripts/local_slurm.sh install && scripts/local_slurm.sh start "
     "--nodes 2`"
+)
+#: the virtual environment jobs activate (HPC_BLISS_VENV): the one running the tests, so that
+#: `HPC_BLISS_VENV=... scripts/run_tests.sh --cluster` tests the venv it built (else .venv)
+JOB_VENV = (
+    Path(sys.prefix)
+    if sys.prefix != sys.base_prefix
+    else Path(__file__).resolve().parents[1] / ".venv"
 )
 NODES_HINT = "run `scripts/local_slurm.sh start --nodes 2` (as root)"
 USABLE_NODE_STATES = {"idle", "mixed", "allocated", "completing"}

@@ -20,7 +20,8 @@ from hpc_bliss.io.collective import (
     split_sizes_for,
 )
 from hpc_bliss.io.manifest import shard_path, write_virtual_dataset
-from hpc_bliss.io.shards import CATALOG_SPEC, SCHEMA_VERSION, ShardData, shard_name, write_shard
+from hpc_bliss.io.schema import CATALOG_KEYS, SCHEMA_VERSION
+from hpc_bliss.io.shards import ShardData, shard_name, write_shard
 from tests.conftest import CONFIGS, ROOT
 from tests.mpi_utils import MPI_ENV, PARALLEL_H5PY_HINT, mpirun
 
@@ -48,7 +49,7 @@ def synthetic_shard(shard_id: int) -> ShardData:
         images=arrays["images"],
         background=arrays["background"],
         psf_params=arrays["psf_params"],
-        catalog={k: arrays[f"tile_catalog/{k}"] for k in CATALOG_SPEC},
+        catalog={k: arrays[f"tile_catalog/{k}"] for k in CATALOG_KEYS},
     )
 
 
@@ -115,8 +116,8 @@ def test_layouts_for_matches_a_simulated_shard():
     import torch
 
     from hpc_bliss.config import load_config
-    from hpc_bliss.parallel.generate import simulate_shard
     from hpc_bliss.simulate.batch import make_renderer
+    from hpc_bliss.stages.generate import simulate_shard
 
     cfg = load_config(
         CONFIGS / "smoke.yaml", ["generate.images_per_shard=1", "generate.batch_size=1"]

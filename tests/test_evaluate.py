@@ -11,9 +11,11 @@ import torch
 from hpc_bliss.catalog import FullCatalog
 from hpc_bliss.config import load_config
 from hpc_bliss.errors import ConfigError
-from hpc_bliss.evaluate.run import evaluate, interior, load_encoder
-from hpc_bliss.parallel.generate import generate
-from hpc_bliss.train.run import train
+from hpc_bliss.evaluate.scoring import interior
+from hpc_bliss.stages.evaluate import evaluate
+from hpc_bliss.stages.generate import generate
+from hpc_bliss.stages.train import train
+from hpc_bliss.train.checkpoint import load_encoder
 from tests.conftest import CONFIGS, ROOT
 from tests.mpi_utils import MPI_ENV, mpirun
 

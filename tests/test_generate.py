@@ -17,8 +17,9 @@ from hpc_bliss.config import load_config
 from hpc_bliss.errors import ConfigError, ShardError
 from hpc_bliss.io import shards as shards_mod
 from hpc_bliss.io.manifest import split_counts, split_of
-from hpc_bliss.io.shards import CATALOG_SPEC, DATASET_NAMES, validate_shard
-from hpc_bliss.parallel.generate import generate
+from hpc_bliss.io.schema import CATALOG_DTYPES, DATASET_NAMES
+from hpc_bliss.io.shards import validate_shard
+from hpc_bliss.stages.generate import generate
 from tests.conftest import CONFIGS, ROOT
 from tests.mpi_utils import MPI_ENV, PARALLEL_H5PY_HINT, mpirun
 
@@ -166,7 +167,7 @@ def test_disk_full_leaves_no_partial_file(tmp_path, monkeypatch):
         images=np.zeros((2, 1, 4, 4), np.float32),
         background=np.zeros((2, 1), np.float32),
         psf_params=np.zeros((2, 1, 6), np.float32),
-        catalog={k: np.zeros((2, 2, 2, 1, 1), np.dtype(d)) for k, (d, _) in CATALOG_SPEC.items()},
+        catalog={k: np.zeros((2, 2, 2, 1, 1), np.dtype(d)) for k, d in CATALOG_DTYPES.items()},
     )
     real_file = h5py.File
 

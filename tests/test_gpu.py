@@ -38,8 +38,8 @@ def test_cuda_simulation_is_deterministic_and_sane(name):
 
 
 def test_cuda_training_runs_and_checkpoints(tmp_path):
-    from hpc_bliss.parallel.generate import generate
-    from hpc_bliss.train.run import train
+    from hpc_bliss.stages.generate import generate
+    from hpc_bliss.stages.train import train
 
     data = tmp_path / "data"
     cfg = load_config(CONFIGS / "smoke.yaml", [f"generate.output_dir={data}"])

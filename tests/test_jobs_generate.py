@@ -14,14 +14,14 @@ import pytest
 
 from hpc_bliss.config import load_config
 from hpc_bliss.io.shards import read_attrs, validate_shard
-from tests.slurm_utils import plain_env
+from tests.slurm_utils import JOB_VENV, plain_env
 from tests.slurm_utils import run as _run
 from tests.slurm_utils import sacct_state as _sacct_state
 from tests.slurm_utils import wait_for_job as _wait_for_job
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "jobs" / "generate.sh"
-VENV = ROOT / ".venv"
+VENV = JOB_VENV  # the venv that runs pytest (its jobs use the same)
 
 
 def _hashes(manifest: dict) -> dict[int, str]:

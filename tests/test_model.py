@@ -11,7 +11,8 @@ import torch
 
 from hpc_bliss.catalog import TileCatalog
 from hpc_bliss.config import load_config
-from hpc_bliss.model import Encoder, VariationalDist, double_detection_nll, n_sources_accuracy
+from hpc_bliss.evaluate.metrics import TileCounts
+from hpc_bliss.model import Encoder, VariationalDist, double_detection_nll
 from hpc_bliss.seeding import make_generator
 from hpc_bliss.simulate.batch import make_renderer, simulate_batch
 from hpc_bliss.simulate.prior import sample_prior
@@ -199,8 +200,14 @@ def test_overfits_a_fixed_batch(smoke_batch):
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.7 * losses[0], (losses[0], losses[-1])
     pred = enc.sample(rendered.images, rendered.background)
-    acc = n_sources_accuracy(pred, target, border_tiles=1)
+    acc = _counts(pred, target, 1)
     assert acc["total"] == 4 * 18 * 18 and acc["correct"] <= acc["within1"] <= acc["total"]
+
+
+def _counts(pred: TileCatalog, truth: TileCatalog, border: int) -> dict[str, int]:
+    counts = TileCounts(max_count=3)
+    counts.update_catalogs(pred, truth, border)
+    return {"correct": counts.correct, "within1": counts.within1, "total": counts.total}
 
 
 def test_n_sources_accuracy_on_interior_tiles():
@@ -209,18 +216,18 @@ def test_n_sources_accuracy_on_interior_tiles():
     truth = TileCatalog(2, {"n_sources": truth_n, "locs": torch.zeros(1, 4, 4, 3, 2)})
     pred_n = torch.tensor([[[1, 0], [2, 0]]])  # right, right, 3 vs 2 (off by 1), 2 vs 0 (by 2)
     pred = TileCatalog(2, {"n_sources": pred_n, "locs": torch.zeros(1, 2, 2, 2, 2)})
-    assert n_sources_accuracy(pred, truth, 1) == {"correct": 2, "within1": 3, "total": 4}
+    assert _counts(pred, truth, 1) == {"correct": 2, "within1": 3, "total": 4}
     pred_n = torch.tensor([[[1, 0], [2, 2]]])
     pred = TileCatalog(2, {"n_sources": pred_n, "locs": torch.zeros(1, 2, 2, 2, 2)})
-    counts = n_sources_accuracy(pred, truth, 1)
+    counts = _counts(pred, truth, 1)
     assert counts["correct"] / counts["total"] == 0.75 and counts["within1"] == 4
     full = TileCatalog(
         2, {"n_sources": torch.zeros(1, 4, 4, dtype=torch.long), "locs": truth["locs"]}
     )
     full["n_sources"][0, 1:3, 1:3] = pred_n[0]
-    assert n_sources_accuracy(full, truth, 1) == counts
-    with pytest.raises(ValueError, match="do not match"):
-        n_sources_accuracy(truth.symmetric_crop(1).symmetric_crop(0), truth, 0)
+    assert _counts(full, truth, 1) == counts
+    with pytest.raises(ValueError, match="pred tiles"):
+        _counts(truth.symmetric_crop(1).symmetric_crop(0), truth, 0)
 
 
 def test_model_code_has_no_distributed_imports():

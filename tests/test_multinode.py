@@ -17,7 +17,7 @@ import submitit
 import torch
 
 from hpc_bliss.io.shards import DATASET_NAMES, read_attrs
-from tests.slurm_utils import job_fields, plain_env, until
+from tests.slurm_utils import JOB_VENV, job_fields, plain_env, until
 from tests.slurm_utils import run as _run
 from tests.slurm_utils import sacct_state as _sacct_state
 from tests.slurm_utils import wait_for_job as _wait_for_job
@@ -25,7 +25,7 @@ from tests.slurm_utils import wait_for_job as _wait_for_job
 pytestmark = [pytest.mark.slurm, pytest.mark.multinode]
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV = ROOT / ".venv"
+VENV = JOB_VENV
 SMOKE = "configs/smoke.yaml"
 #: 8 shards of 8 images: 4 train, 2 val, 2 test (so each of 2 evaluation ranks scores one)
 DATA = ["generate.n_shards=8", "generate.split=[0.5,0.25,0.25]"]

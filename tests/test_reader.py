@@ -21,8 +21,8 @@ from hpc_bliss.config import load_config
 from hpc_bliss.errors import ShardError
 from hpc_bliss.io.inspect import format_summary, summarize, validate_dir
 from hpc_bliss.io.reader import ShardDataset, VirtualDataset, open_dataset, to_tile_catalog
-from hpc_bliss.io.shards import CATALOG_SPEC
-from hpc_bliss.parallel.generate import generate
+from hpc_bliss.io.schema import CATALOG_KEYS
+from hpc_bliss.stages.generate import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT_SHARDS = {"train": [0, 1], "val": [2], "test": [3]}
@@ -46,7 +46,7 @@ def _assert_items_equal(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in ("images", "background", "psf_params"):
         assert torch.equal(a[key], b[key]), key
-    for key in CATALOG_SPEC:
+    for key in CATALOG_KEYS:
         assert torch.equal(a["tile_catalog"][key], b["tile_catalog"][key]), key
     assert (a["shard_id"], a["index_in_shard"]) == (b["shard_id"], b["index_in_shard"])
 
@@ -63,7 +63,7 @@ def test_length_shapes_dtypes(data_dir):
     assert item["background"].shape == (5,) and item["background"].dtype == torch.float32
     assert item["psf_params"].shape == (5, 6) and item["psf_params"].dtype == torch.float32
     cat = item["tile_catalog"]
-    assert cat.keys() == set(CATALOG_SPEC)
+    assert cat.keys() == set(CATALOG_KEYS)
     assert cat["n_sources"].shape == (20, 20) and cat["n_sources"].dtype == torch.int64
     assert cat["source_type"].shape == (20, 20, 3, 1) and cat["source_type"].dtype == torch.int64
     assert cat["locs"].shape == (20, 20, 3, 2)
@@ -88,7 +88,7 @@ def test_item_equals_plain_h5py(data_dir, split, i):
     with h5py.File(path, "r") as f:
         for key in ("images", "background", "psf_params"):
             np.testing.assert_array_equal(item[key].numpy(), f[key][row])
-        for key in CATALOG_SPEC:
+        for key in CATALOG_KEYS:
             np.testing.assert_array_equal(
                 item["tile_catalog"][key].numpy(), f["tile_catalog"][key][row]
             )
@@ -124,7 +124,7 @@ def test_dataloader_workers_match_single_process(data_dir):
     for a, b in zip(serial, parallel, strict=True):
         assert torch.equal(a["images"], b["images"])
         assert torch.equal(a["shard_id"], b["shard_id"])
-        for key in CATALOG_SPEC:
+        for key in CATALOG_KEYS:
             assert torch.equal(a["tile_catalog"][key], b["tile_catalog"][key])
     batch = serial[0]
     assert batch["images"].shape == (5, 5, 40, 40)

@@ -1,4 +1,4 @@
-"""hpc_bliss.launch.submit (`hpc-bliss submit train`) and jobs/train.sh.
+"""`hpc-bliss submit train` (hpc_bliss.launch: submit, shape, site, train_job) and jobs/train.sh.
 
 Mismatched job shapes are refused before anything is submitted; the job pickles as plain text;
 it runs in-process (`--cluster debug`), as 2 local DDP processes (`--cluster local`) and on the
@@ -16,17 +16,16 @@ from pathlib import Path
 import pytest
 from submitit.helpers import DelayedSubmission
 
-from hpc_bliss.config import load_config, to_yaml
-from hpc_bliss.errors import LaunchError
-from hpc_bliss.launch.submit import (
-    Partition,
+from hpc_bliss.config import LaunchConfig, load_config, to_yaml
+from hpc_bliss.errors import ConfigError, LaunchError
+from hpc_bliss.launch.shape import JobShape
+from hpc_bliss.launch.site import CLUSTERS, Partition, check_launch, gres_gpus
+from hpc_bliss.launch.submit import KINDS, add_submit_parser
+from hpc_bliss.launch.train_job import (
     TrainJob,
-    add_submit_parser,
-    check_launch,
     config_from_yaml,
-    gres_gpus,
     local_ddp_env,
-    submit_job,
+    submit_train,
     with_absolute_paths,
 )
 from tests.slurm_utils import job_fields, until
@@ -40,7 +39,7 @@ SCRIPT = ROOT / "jobs" / "train.sh"
 
 @pytest.fixture(scope="module")
 def smoke_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hpc_bliss.parallel.generate import generate
+    from hpc_bliss.stages.generate import generate
 
     out = tmp_path_factory.mktemp("submit") / "data"
     assert generate(load_config(SMOKE, [f"generate.output_dir={out}"])) == 0
@@ -78,7 +77,7 @@ def _cli(*argv: str | Path) -> int:
 def test_mismatch_refused(overrides: list[str], shape: tuple[int, int, int], named: list[str]):
     cfg = load_config(SMOKE, overrides)
     with pytest.raises(LaunchError) as err:
-        check_launch(cfg, *shape)
+        check_launch(cfg, JobShape(*shape))
     message = str(err.value)
     assert all(value in message for value in named), message
     assert "most common cause of DDP hangs on SLURM" in message
@@ -86,14 +85,15 @@ def test_mismatch_refused(overrides: list[str], shape: tuple[int, int, int], nam
 
 def test_node_gpus_and_matching_shapes() -> None:
     gpu = load_config(SMOKE, ["train.devices=4", "train.num_nodes=2", "train.accelerator=gpu"])
-    check_launch(gpu, 2, 4, 4, Partition("gpu", nodes=2, gpus_per_node=8))
+    shape = JobShape(nodes=2, tasks_per_node=4, gpus_per_node=4)
+    check_launch(gpu, shape, Partition("gpu", nodes=2, gpus_per_node=8))
     with pytest.raises(
         LaunchError, match="4 GPU\\(s\\) per node requested, nodes of partition gpu have 2"
     ):
-        check_launch(gpu, 2, 4, 4, Partition("gpu", nodes=2, gpus_per_node=2))
+        check_launch(gpu, shape, Partition("gpu", nodes=2, gpus_per_node=2))
     with pytest.raises(LaunchError, match="2 node\\(s\\) requested, partition gpu has 1"):
-        check_launch(gpu, 2, 4, 4, Partition("gpu", nodes=1, gpus_per_node=8))
-    check_launch(load_config(SMOKE, ["train.devices=2", "train.accelerator=cpu"]), 1, 2, 0)
+        check_launch(gpu, shape, Partition("gpu", nodes=1, gpus_per_node=8))
+    check_launch(load_config(SMOKE, ["train.devices=2", "train.accelerator=cpu"]), JobShape(1, 2))
     assert [gres_gpus(g) for g in ("gpu:4", "gpu:a100:2(S:0-1)", "(null)", "gpu:1,gpu:t4:2")] == [
         4,
         2,
@@ -108,11 +108,40 @@ def test_refused_before_submission(smoke_data: Path, tmp_path: Path) -> None:
     overrides = _overrides(smoke_data, tmp_path / "t", "train.devices=2")
     with pytest.raises(LaunchError, match="train.devices=2 but 1 task"):
         _cli("submit", "train", SMOKE, *overrides, "--cluster", "slurm", *common)
-    with pytest.raises(LaunchError, match="not yet"):
-        _cli("submit", "evaluate", SMOKE, *overrides, "--tasks-per-node", "2", *common)
+    with pytest.raises(ConfigError, match="launch.cluster"):  # the config's type says no
+        _cli("submit", "train", SMOKE, *overrides, "launch.cluster=cloud", *common)
     with pytest.raises(LaunchError, match="debug runs one process"):
         _cli("submit", "train", SMOKE, *overrides, "--tasks-per-node=2", "--cluster=debug", *common)
     assert not folder.exists()
+
+
+def test_kinds_and_clusters_offered(capsys) -> None:
+    """Only the kinds that work are offered; the clusters are the config's choices."""
+    assert KINDS == ("train", "pipeline")
+    assert CLUSTERS == ("local", "slurm", "debug")
+    for argv in (
+        ["evaluate", "c.yaml"],
+        ["generate", "c.yaml"],
+        ["train", "c.yaml", "--cluster=x"],
+    ):
+        with pytest.raises(SystemExit):  # argparse's usage error, naming the choices
+            _cli("submit", *argv)
+        assert "invalid choice" in capsys.readouterr().err
+
+
+def test_shape_from_flags_and_config() -> None:
+    """One derivation for every kind: flags win, else launch.*; tasks per node follow the GPUs
+    per node (one task per GPU) unless given; CPUs per task default to the job's own."""
+    launch = LaunchConfig(nodes=3, tasks_per_node=2, gpus_per_node=0)
+    assert JobShape.derive(launch) == JobShape(3, 2, 0, None)
+    assert JobShape.derive(launch, gpus_per_node=4) == JobShape(3, 4, 4, None)
+    assert JobShape.derive(launch, 1, 8, 4, 5) == JobShape(1, 8, 4, 5)
+    gpu = LaunchConfig(nodes=2, tasks_per_node=1, gpus_per_node=4)
+    assert JobShape.derive(gpu) == JobShape(2, 4, 4)
+    assert JobShape.derive(gpu, gpus_per_node=0).tasks == 2  # CPU tasks: launch.tasks_per_node
+    assert JobShape(1, 2).with_cpus(3) == JobShape(1, 2, 0, 3)
+    assert JobShape(1, 2, 0, 7).with_cpus(3).cpus_per_task == 7
+    assert JobShape(2, 4, 4, 5).describe() == "2 node(s) × 4 task(s), 4 GPU(s)/node, 5 CPU(s)/task"
 
 
 def test_job_pickles_as_text_and_checkpoints_itself() -> None:
@@ -192,13 +221,9 @@ def test_slurm_preempted_job_resumes_then_resubmission_continues(
     import torch
 
     out, folder = tmp_path / "train", tmp_path / "sub1"
-    cfg = load_config(
-        SMOKE,
-        _overrides(smoke_data, out, "train.devices=2", "train.max_epochs=100", "train.max_steps=6"),
-    )
-    job = submit_job(
-        "train", cfg, 1, 2, 0, time_minutes=5, cluster="slurm", folder=folder, cpus_per_task=1
-    )
+    extra = ("train.devices=2", "train.max_epochs=100", "train.max_steps=6", "launch.cluster=slurm")
+    cfg = load_config(SMOKE, _overrides(smoke_data, out, *extra))
+    job = submit_train(cfg, JobShape(1, 2, 0, cpus_per_task=1), time_minutes=5, folder=folder)
     last = out / "checkpoints" / "last.ckpt"
     until("no last.ckpt", last.is_file, 90, folder)
     # what SLURM does before a time limit or a preemption: USR2 to every task; submitit calls

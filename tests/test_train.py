@@ -12,10 +12,10 @@ import torch
 from hpc_bliss.catalog import TileCatalog
 from hpc_bliss.config import load_config
 from hpc_bliss.io.reader import ShardDataset
-from hpc_bliss.parallel.generate import generate
 from hpc_bliss.simulate.render import Renderer
+from hpc_bliss.stages.generate import generate
+from hpc_bliss.stages.train import train
 from hpc_bliss.train.augment import _flip, _rot90
-from hpc_bliss.train.run import train
 from tests.conftest import CONFIGS, ROOT
 
 

@@ -17,7 +17,7 @@ aperture sums. Conventions here:
   fluxes (``aperture_correction``); with the default 1.0 fluxes are raw aperture sums.
 * ``subtract_background`` (default False) lets ``sep.Background`` re-estimate a smooth sky. The
   images are already sky-subtracted with the true sky, so on isolated stars re-estimating only
-  adds noise to the fluxes; in crowded fields it absorbs the field's own light (DESIGN.md).
+  adds noise to the fluxes; in crowded fields it absorbs the field's own light too.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def sep_detect(
     ``flux_err`` (K,) its noise from ``sky_sigma`` (likewise corrected), and ``npix`` (K,).
     """
     data = _native(image)
-    err = float(sky_sigma) if np.ndim(sky_sigma) == 0 else _native(sky_sigma)
+    err = float(sky_sigma) if np.ndim(sky_sigma) == 0 else _native(sky_sigma)  # type: ignore[arg-type]
     if subtract_background:
         data = data - sep.Background(data, bw=bkg_box, bh=bkg_box).back()
     try:

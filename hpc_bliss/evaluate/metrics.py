@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hpc_bliss.catalog import REF_BAND, FullCatalog, nmgy_to_mag
+from hpc_bliss.catalog import REF_BAND, FullCatalog, TileCatalog, nmgy_to_mag
+from hpc_bliss.catalog.base import FLUX_KEYS
 from hpc_bliss.evaluate.matching import Matches
-
-_FLUX_KEYS = ("star_fluxes", "galaxy_fluxes")
 
 
 def _rate(num: float, den: float) -> float | None:
@@ -101,6 +100,17 @@ class TileCounts(_Summable):
         hist = np.bincount(t, minlength=len(self.true_hist))
         self.true_hist = np.pad(self.true_hist, (0, len(hist) - len(self.true_hist))) + hist
 
+    def update_catalogs(self, pred: TileCatalog, truth: TileCatalog, border_tiles: int) -> None:
+        """Add the interior tiles of a batch: ``truth`` (N, Ht, Wt) is cropped by
+        ``border_tiles`` per side; ``pred`` may be cropped already (as :meth:`Encoder.sample`
+        returns it) or full size. Training validation and evaluation both count this way."""
+        truth_n, pred_n = truth["n_sources"], pred["n_sources"]
+        if border_tiles:
+            if pred_n.shape == truth_n.shape:
+                pred_n = pred.symmetric_crop(border_tiles)["n_sources"]
+            truth_n = truth.symmetric_crop(border_tiles)["n_sources"]
+        self.update(pred_n, truth_n)
+
     def most_frequent(self) -> tuple[int, float | None]:
         """Most frequent true count (ties: the smallest) and the accuracy of predicting it."""
         mode = int(self.true_hist.argmax())
@@ -128,7 +138,7 @@ def most_frequent_rate(true_n: Tensor) -> tuple[int, float | None]:
 def _fluxes(cat: FullCatalog, n_bands: int, ref_band: int) -> np.ndarray | None:
     """Fluxes (N, M, n_bands) float64 with NaN in bands not measured: bands that are zero for
     every active source (e.g. SEP's), and all but ``ref_band`` in a single-band catalog."""
-    if not any(k in cat for k in _FLUX_KEYS):
+    if not any(k in cat for k in FLUX_KEYS):
         return None
     f = cat.fluxes.detach().cpu().numpy().astype(np.float64)  # a copy: edited below
     if f.shape[-1] == 1:
@@ -221,7 +231,8 @@ class DetectionCounts(_Summable):
         f1 = None
         if precision is not None and recall is not None:
             f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        mape = [_rate(s, c) for s, c in zip(self.flux_err_sum, self.flux_count, strict=True)]
+        pairs = zip(self.flux_err_sum, self.flux_count, strict=True)
+        mape = [_rate(float(s), float(c)) for s, c in pairs]
         return {
             "n_true": self.n_true,
             "n_pred": self.n_pred,

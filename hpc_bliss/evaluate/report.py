@@ -7,18 +7,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from hpc_bliss.evaluate.scoring import Example, Report
 
 
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def markdown(report: dict) -> str:
+def markdown(report: Report) -> str:
     e, s, m = report["encoder"], report["sep"], report["most_frequent"]
     rows = [
         (
@@ -66,10 +65,12 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _confusion_png(report: dict, path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-    for ax, key in zip(axes, ("encoder", "sep"), strict=True):
-        mat = np.array(report[key]["confusion"], dtype=float)
+def _confusion_png(report: Report, path: Path) -> None:
+    fig = Figure(figsize=(9, 4))
+    axes = fig.subplots(1, 2)
+    methods = {"encoder": report["encoder"], "sep": report["sep"]}
+    for ax, (key, scores) in zip(axes, methods.items(), strict=True):
+        mat = np.array(scores["confusion"], dtype=np.float64)
         norm = mat / np.maximum(mat.sum(1, keepdims=True), 1)
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
         for (i, j), v in np.ndenumerate(mat):
@@ -77,16 +78,16 @@ def _confusion_png(report: dict, path: Path) -> None:
                 ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=7)
         ax.set_xlabel("predicted count")
         ax.set_ylabel("true count")
-        ax.set_title(f"{key}: accuracy {_fmt(report[key]['n_sources_accuracy'])}")
+        ax.set_title(f"{key}: accuracy {_fmt(scores['n_sources_accuracy'])}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
-def _detection_png(report: dict, path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for key, style in (("encoder", "o-"), ("sep", "s--")):
-        det = report[key]["detection"]
+def _detection_png(report: Report, path: Path) -> None:
+    fig = Figure(figsize=(9, 3.6))
+    axes = fig.subplots(1, 2)
+    for key, scores, style in (("encoder", report["encoder"], "o-"), ("sep", report["sep"], "s--")):
+        det = scores["detection"]
         for ax, which in zip(axes, ("recall", "precision"), strict=True):
             table = det.get(f"{which}_by_mag")
             if not table:
@@ -103,17 +104,21 @@ def _detection_png(report: dict, path: Path) -> None:
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
-def _example_png(example: dict, path: Path) -> None:
+def _example_png(example: Example, path: Path) -> None:
     img = example["image"][2].numpy()
     off = example["offset"]
     lo, hi = np.percentile(img, [1, 99.5])
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig = Figure(figsize=(6, 6))
+    ax = fig.subplots()
     ax.imshow(np.arcsinh((img - lo) / max(hi - lo, 1e-9) * 10), cmap="gray")
-    for key, marker, colour in (("truth", "o", "lime"), ("pred", "+", "red"), ("sep", "x", "cyan")):
-        cat = example[key]
+    marked = (
+        (example["truth"], "truth", "o", "lime"),
+        (example["pred"], "pred", "+", "red"),
+        (example["sep"], "sep", "x", "cyan"),
+    )
+    for cat, key, marker, colour in marked:
         n = int(cat["n_sources"][0])
         plocs = cat["plocs"][0, :n].numpy() + off - 0.5  # interior → image pixel centres
         ax.plot(
@@ -133,10 +138,11 @@ def _example_png(example: dict, path: Path) -> None:
     ax.set_yticks([])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
-def write_report(report: dict, merged: dict, example: dict, out: Path, bands: list[str]) -> list:
+def write_report(
+    report: Report, merged: dict, example: Example, out: Path, bands: list[str]
+) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [
         out / "report.json",

@@ -1,1 +1,2 @@
-"""On-disk data: HDF5 shards, the manifest and the virtual dataset over them."""
+"""On-disk data: the shard schema (schema.py), HDF5 shards, the manifest, the virtual and the
+collective files over them, and the reader."""

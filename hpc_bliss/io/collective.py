@@ -28,10 +28,10 @@ import h5py
 import numpy as np
 
 from hpc_bliss.errors import ConfigError, ShardError
+from hpc_bliss.io.manifest import COLLECTIVE as COLLECTIVE  # the file's name, re-exported
 from hpc_bliss.io.manifest import SPLITS, split_counts, split_of
-from hpc_bliss.io.shards import CATALOG_SPEC, SCHEMA_VERSION, ShardData, _image_units
-
-COLLECTIVE = "collective.h5"
+from hpc_bliss.io.schema import DATASETS, SCHEMA_VERSION, SPECS, Dims, shape_of
+from hpc_bliss.io.shards import ShardData
 
 #: dataset name → (shape after the image axis, dtype, units attribute)
 Layouts = dict[str, tuple[tuple[int, ...], np.dtype, str]]
@@ -63,45 +63,25 @@ def require_parallel_h5py() -> None:
     )
 
 
-def _units(name: str, image_units: str) -> str:
-    if name.startswith("tile_catalog/"):
-        return CATALOG_SPEC[name.split("/", 1)[1]][1]
-    return _image_units(name, image_units)
-
-
 def layouts_for(cfg: Any) -> Layouts:
     """The per-image shapes, dtypes and units of every dataset, from the configuration alone
-    (B bands, H×W pixels, Ht×Wt tiles, M sources per tile), so that all ranks agree on them
-    before simulating anything."""
-    p = cfg.prior
-    b, h, w = len(p.bands), int(p.image_height), int(p.image_width)
-    ht, wt, m = h // int(p.tile_slen), w // int(p.tile_slen), int(p.max_sources)
-    tails: dict[str, tuple[int, ...]] = {
-        "images": (b, h, w),
-        "background": (b,),
-        "psf_params": (b, 6),
-        "tile_catalog/n_sources": (ht, wt),
-        "tile_catalog/locs": (ht, wt, m, 2),
-        "tile_catalog/source_type": (ht, wt, m, 1),
-        "tile_catalog/star_fluxes": (ht, wt, m, b),
-        "tile_catalog/galaxy_fluxes": (ht, wt, m, b),
-        "tile_catalog/galaxy_params": (ht, wt, m, 6),
-        "tile_catalog/shear": (ht, wt, 2),
-        "tile_catalog/convergence": (ht, wt, 1),
+    (B bands, H×W pixels, Ht×Wt tiles, M sources per tile: :class:`~hpc_bliss.io.schema.Dims`
+    of ``cfg.prior``), so that all ranks agree on them before simulating anything."""
+    dims = Dims.from_prior(cfg.prior)
+    return {
+        spec.name: (
+            shape_of(spec, dims)[1:],
+            np.dtype(spec.dtype),
+            spec.units_for(cfg.render.units),
+        )
+        for spec in DATASETS
     }
-    units = cfg.render.units
-    out: Layouts = {}
-    for name, tail in tails.items():
-        key = name.split("/")[-1]
-        dtype = np.dtype(CATALOG_SPEC[key][0] if key in CATALOG_SPEC else "float32")
-        out[name] = (tail, dtype, _units(name, units))
-    return out
 
 
 def layouts_from(data: ShardData) -> Layouts:
     """The layouts of one simulated shard's datasets (to check :func:`layouts_for` against)."""
     return {
-        name: (tuple(arr.shape[1:]), arr.dtype, _units(name, data.units))
+        name: (tuple(arr.shape[1:]), arr.dtype, SPECS[name].units_for(data.units))
         for name, arr in data.datasets()
     }
 

@@ -3,32 +3,32 @@ sources per tile, reference-band fluxes), :func:`format_summary`, :func:`validat
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 from omegaconf import OmegaConf
 
-from hpc_bliss.errors import ShardError
-from hpc_bliss.io.manifest import DATASET, MANIFEST, SPLITS
-from hpc_bliss.io.reader import load_manifest
+from hpc_bliss.errors import HpcBlissError, ShardError
+from hpc_bliss.io.manifest import DATASET, MANIFEST, SPLITS, read_manifest
+from hpc_bliss.io.schema import SOURCE_TYPES, Manifest, ShardRecord
 from hpc_bliss.io.shards import read_attrs, validate_shard
-
-KINDS = ("star", "galaxy")  #: source_type 0 and 1
 
 
 def _fluxes(path: Path, band: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """Sources-per-tile histogram of one shard, and its active sources' ``band`` fluxes for
-    stars and for galaxies."""
+    each source type (:data:`~hpc_bliss.io.schema.SOURCE_TYPES`: stars, galaxies)."""
     with h5py.File(path, "r") as f:
         cat = f["tile_catalog"]
         n = cat["n_sources"][()].astype(np.int64)
         m = cat["locs"].shape[-2]
         kind = cat["source_type"][..., 0]
         on = np.arange(m) < n[..., None]
-        star, galaxy = cat["star_fluxes"][..., band], cat["galaxy_fluxes"][..., band]
+        fluxes = [cat[f"{t}_fluxes"][..., band] for t in SOURCE_TYPES]  # star_fluxes, …
     hist = np.bincount(n.ravel(), minlength=m + 1)
-    return hist, [star[on & (kind == 0)], galaxy[on & (kind == 1)]]
+    return hist, [flux[on & (kind == i)] for i, flux in enumerate(fluxes)]
 
 
 def _stats(values: np.ndarray) -> dict:
@@ -53,8 +53,9 @@ def summarize(data_dir: str | Path) -> dict:
     absent (listed files not on disk), unreadable (listed files that could not be read).
     """
     data_dir = Path(data_dir)
-    manifest = load_manifest(data_dir)
-    prior = OmegaConf.create(manifest["config_yaml"]).prior
+    manifest = read_manifest(data_dir)
+    conf = OmegaConf.create(manifest["config_yaml"])
+    prior = conf.prior
     band = int(prior.get("reference_band", 2))
     records = sorted(manifest["shards"], key=lambda r: r["id"])
     splits = {
@@ -65,7 +66,7 @@ def summarize(data_dir: str | Path) -> dict:
         for s in SPLITS
     }
     hist = np.zeros(int(prior.max_sources) + 1, dtype=np.int64)
-    fluxes: list[list[np.ndarray]] = [[], []]
+    fluxes: list[list[np.ndarray]] = [[] for _ in SOURCE_TYPES]
     absent, unreadable = [], []
     for r in records:
         path = data_dir / r["file"]
@@ -85,7 +86,7 @@ def summarize(data_dir: str | Path) -> dict:
     joined = [np.concatenate(v) if v else np.zeros(0, np.float32) for v in fluxes]
     return {
         "data_dir": str(data_dir),
-        "name": OmegaConf.create(manifest["config_yaml"]).get("name", "?"),
+        "name": OmegaConf.select(conf, "name", default="?"),
         "config_hash": manifest.get("config_hash"),
         "n_shards": manifest.get("n_shards", len(records)),
         "tile_slen": int(prior.tile_slen),
@@ -96,7 +97,7 @@ def summarize(data_dir: str | Path) -> dict:
         "sources_per_tile": hist.tolist(),
         "n_tiles": int(hist.sum()),
         "n_sources": int((np.arange(hist.size) * hist).sum()),
-        "flux": {kind: _stats(v) for kind, v in zip(KINDS, joined, strict=True)},
+        "flux": {kind: _stats(v) for kind, v in zip(SOURCE_TYPES, joined, strict=True)},
         "missing": list(manifest.get("missing", [])),
         "failures": list(manifest.get("failures", [])),
         "absent": absent,
@@ -153,13 +154,14 @@ def validate_dir(data_dir: str | Path) -> list[str]:
     """
     data_dir = Path(data_dir)
     problems: list[str] = []
+    manifest: Manifest | None = None
     try:
-        manifest = load_manifest(data_dir)
+        manifest = read_manifest(data_dir)
     except ShardError as err:
-        manifest = {"shards": []}
         problems.append(str(err))
-    digest = manifest.get("config_hash")
-    listed: dict[Path, dict] = {(data_dir / r["file"]).resolve(): r for r in manifest["shards"]}
+    digest = manifest.get("config_hash") if manifest is not None else None
+    records = manifest["shards"] if manifest is not None else []
+    listed: dict[Path, ShardRecord] = {(data_dir / r["file"]).resolve(): r for r in records}
     present = {p.resolve() for p in (data_dir / "shards").glob("shard-*.h5")}
     for path in sorted(set(listed) | present):
         record = listed.get(path)
@@ -174,12 +176,12 @@ def validate_dir(data_dir: str | Path) -> list[str]:
             attrs = read_attrs(path)
             if attrs["content_sha256"] != record.get("content_sha256"):
                 problems.append(f"{path}: content_sha256 differs from its {MANIFEST} entry")
-    if manifest.get("missing"):
+    if manifest is not None and manifest.get("missing"):
         problems.append(f"{data_dir / MANIFEST}: shards {manifest['missing']} missing (failed)")
     for tmp in sorted([*data_dir.glob("*.tmp"), *(data_dir / "shards").glob("*.tmp")]):
         problems.append(f"{tmp}: leftover temporary file (an interrupted write)")
     vds = data_dir / DATASET
-    if manifest["shards"] and not vds.is_file():
+    if records and not vds.is_file():
         problems.append(f"{vds}: missing")
     elif vds.is_file():
         try:
@@ -189,3 +191,23 @@ def validate_dir(data_dir: str | Path) -> list[str]:
         except OSError as err:
             problems.append(f"{vds}: unreadable ({err})")
     return problems
+
+
+def inspect_command(data_dir: str | Path, validate: bool, as_json: bool) -> int:
+    """`hpc-bliss inspect` / `validate`: print the summary (as text or JSON); with
+    ``validate``, also check every shard and name each problem (exit status 1 if any)."""
+    try:
+        summary = summarize(data_dir)
+    except HpcBlissError as err:
+        if not validate:
+            raise
+        print(f"hpc-bliss: error: {err}", file=sys.stderr)  # validation says more below
+    else:
+        print(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+    if not validate:
+        return 0
+    problems = validate_dir(data_dir)
+    for problem in problems:
+        print(f"INVALID: {problem}")
+    print(f"[validate] {len(problems)} problem(s) in {data_dir}")
+    return 1 if problems else 0

@@ -1,4 +1,6 @@
-"""The run's index: which shard is in which split, manifest.json, and dataset.h5 (HDF5 virtual
+"""The run's index: which shard is in which split; manifest.json (:class:`Manifest`), written by
+:func:`write_manifest` from :func:`make_manifest` and the records of :func:`shard_file_record` /
+:func:`collective_record`, read by :func:`read_manifest`; and dataset.h5 (HDF5 virtual
 datasets presenting each split's shards as one array, without copying data).
 
 dataset.h5 layout (the same as the collective ``mpio`` file, where the data are real)::
@@ -15,17 +17,29 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+from collections.abc import Mapping
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from hpc_bliss.errors import ConfigError
-from hpc_bliss.io.shards import DATASET_NAMES, SCHEMA_VERSION, shard_name
+from hpc_bliss.errors import ConfigError, ShardError
+from hpc_bliss.io.schema import (
+    DATASET_NAMES,
+    SCHEMA_VERSION,
+    SPECS,
+    Manifest,
+    ShardFailure,
+    ShardRecord,
+    content_sha256,
+)
+from hpc_bliss.io.shards import ShardData, shard_name
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
 DATASET = "dataset.h5"
+COLLECTIVE = "collective.h5"  #: the one file of generate.io=mpio (see hpc_bliss.io.collective)
 
 
 def split_counts(n_shards: int, fractions: list[float]) -> dict[str, int]:
@@ -58,16 +72,116 @@ def write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def read_manifest(data_dir: Path) -> dict:
+def read_manifest(data_dir: str | os.PathLike) -> Manifest:
+    """``data_dir/manifest.json``; :class:`ShardError` naming it when it is missing, unreadable
+    or not JSON."""
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {data_dir} a generate.output_dir?")
-    return json.loads(path.read_text())
+        raise ShardError(f"{path} not found: is {data_dir} a generate.output_dir?")
+    try:
+        return json.loads(path.read_text())
+    except OSError as err:
+        raise ShardError(f"{path}: cannot read ({err})") from err
+    except ValueError as err:
+        raise ShardError(f"{path}: not valid JSON ({err})") from err
 
 
-def write_virtual_dataset(out_dir: Path, shards: list[dict], attrs: dict) -> Path:
-    """dataset.h5 over the shards listed (dicts with id, file, split, n_images), written to
-    a temporary name and renamed. Source paths are relative to ``out_dir``."""
+def make_manifest(
+    config_hash: str,
+    config_yaml: str,
+    n_shards: int,
+    images_per_shard: int,
+    records: list[ShardRecord],
+    failures: list[ShardFailure],
+    ranks: int,
+    io: str,
+) -> Manifest:
+    """The manifest of a run: its shards (in id order), the splits' shard ids and images, the
+    shards missing from ``range(n_shards)`` and why (``failures``), and how many ranks wrote."""
+    records = sorted(records, key=lambda r: r["id"])
+    done = {r["id"] for r in records}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "config_hash": config_hash,
+        "config_yaml": config_yaml,
+        "n_shards": n_shards,
+        "images_per_shard": images_per_shard,
+        "splits": {s: [r["id"] for r in records if r["split"] == s] for s in SPLITS},
+        "images": {s: sum(r["n_images"] for r in records if r["split"] == s) for s in SPLITS},
+        "shards": records,
+        "missing": [sid for sid in range(n_shards) if sid not in done],
+        "failures": sorted(failures, key=lambda f: f["id"]),
+        "ranks": ranks,
+        "io": io,
+    }
+
+
+def write_manifest(out_dir: str | os.PathLike, manifest: Manifest) -> Path:
+    """Write ``out_dir/manifest.json`` atomically; returns its path."""
+    path = Path(out_dir) / MANIFEST
+    write_json_atomic(path, dict(manifest))
+    return path
+
+
+def shard_file_record(path: Path, attrs: dict, seconds: float = 0.0) -> ShardRecord:
+    """The manifest entry of a shard file, from its root attributes (as written or read)."""
+    return {
+        "id": int(attrs["shard_id"]),
+        "file": f"shards/{path.name}",
+        "split": attrs["split"],
+        "n_images": int(attrs["n_images"]),
+        "bytes": path.stat().st_size,
+        "content_sha256": attrs["content_sha256"],
+        "rank": int(attrs["rank"]),
+        "host": attrs["host"],
+        "device": attrs["device"],
+        "seconds": round(seconds, 3),
+    }
+
+
+def collective_record(
+    shard_id: int,
+    split: str,
+    offset: int,
+    data: ShardData,
+    rank: int,
+    device: str,
+    seconds: float = 0.0,
+) -> ShardRecord:
+    """The manifest entry of a shard written to rows [offset, offset + n) of its split in the
+    collective file (``bytes``: its data, uncompressed)."""
+    return {
+        "id": shard_id,
+        "file": COLLECTIVE,
+        "split": split,
+        "offset": offset,
+        "n_images": data.n_images,
+        "bytes": sum(a.nbytes for _, a in data.datasets()),
+        "content_sha256": content_sha256(data.datasets()),
+        "rank": rank,
+        "host": socket.gethostname(),
+        "device": device,
+        "seconds": round(seconds, 3),
+    }
+
+
+def add_times(record: ShardRecord, seconds: float, phases: Mapping[str, float]) -> ShardRecord:
+    """Set ``record``'s seconds (the whole shard) and seconds per phase (``sample_s``,
+    ``render_s``, ``write_s``: those in ``phases``), rounded to milliseconds; returns it."""
+    record["seconds"] = round(seconds, 3)
+    if "sample_s" in phases:
+        record["sample_s"] = round(phases["sample_s"], 3)
+    if "render_s" in phases:
+        record["render_s"] = round(phases["render_s"], 3)
+    if "write_s" in phases:
+        record["write_s"] = round(phases["write_s"], 3)
+    return record
+
+
+def write_virtual_dataset(out_dir: Path, shards: list[ShardRecord], attrs: dict) -> Path:
+    """dataset.h5 over the shards listed (records with id, file, split, n_images), written to
+    a temporary name and renamed: every dataset of the schema, in its dtype, with the shapes
+    and units of the split's first shard. Source paths are relative to ``out_dir``."""
     out_dir = Path(out_dir)
     path = out_dir / DATASET
     tmp = out_dir / (DATASET + ".tmp")
@@ -82,7 +196,8 @@ def write_virtual_dataset(out_dir: Path, shards: list[dict], attrs: dict) -> Pat
             group = f.create_group(split)
             with h5py.File(out_dir / members[0]["file"], "r") as first:
                 layouts = {
-                    name: (first[name].shape[1:], first[name].dtype) for name in DATASET_NAMES
+                    name: (first[name].shape[1:], np.dtype(SPECS[name].dtype))
+                    for name in DATASET_NAMES
                 }
                 units = {name: first[name].attrs.get("units", "") for name in layouts}
             total = sum(s["n_images"] for s in members)

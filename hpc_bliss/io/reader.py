@@ -4,9 +4,10 @@ a split, for analysis scripts and the training DataLoader.
     with ShardDataset("runs/smoke/data", "train") as ds:
         item, cat = ds[3], ds.catalog(slice(0, 8))  # dict of tensors; TileCatalog of 0..7
 
-HDF5 files are opened lazily by the process that reads them and never cross a fork: they are
-closed in the parent just before any ``os.fork`` (DataLoader workers included) and re-opened
-on first use in each process; pickling (spawn) drops them too.
+Items are :class:`~hpc_bliss.io.schema.ShardItem` dicts. HDF5 files are opened lazily by the
+process that reads them and never cross a fork: they are closed in the parent just before any
+``os.fork`` (DataLoader workers included; the hook is installed when the first dataset is made,
+not at import) and re-opened on first use in each process; pickling (spawn) drops them too.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from torch.utils.data import Dataset
 from hpc_bliss.catalog import TileCatalog
 from hpc_bliss.errors import ShardError
 from hpc_bliss.io.manifest import DATASET, MANIFEST, SPLITS, read_manifest
-from hpc_bliss.io.shards import CATALOG_SPEC, IMAGE_KEYS, read_attrs
+from hpc_bliss.io.schema import CATALOG_DTYPES, IMAGE_KEYS, ShardItem
+from hpc_bliss.io.shards import read_attrs
 
-INT_KEYS = ("n_sources", "source_type")  #: catalog keys held as int64 in memory (uint8 on disk)
+#: catalog keys held as int64 in memory (an integer dtype on disk); float32 for the rest
+INT_KEYS = tuple(k for k, dtype in CATALOG_DTYPES.items() if np.dtype(dtype).kind in "iu")
 
 
 class _Handles:
@@ -40,6 +43,7 @@ class _Handles:
     def __init__(self) -> None:
         self.files: dict[Path, h5py.File] = {}
         self.pid = os.getpid()
+        _install_fork_hook()
 
     def get(self, path: Path) -> tuple[h5py.File, bool]:
         """The open file at ``path`` and whether it was opened just now."""
@@ -64,6 +68,7 @@ class _Handles:
 
 
 _OPEN: weakref.WeakSet[_Handles] = weakref.WeakSet()
+_FORK_HOOK = False  #: whether _close_before_fork is registered (once, by the first _Handles)
 
 
 def _close_before_fork() -> None:
@@ -71,19 +76,12 @@ def _close_before_fork() -> None:
         handles.close()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_close_before_fork)
-
-
-def load_manifest(data_dir: str | Path) -> dict:
-    """``data_dir/manifest.json``; ShardError naming it when it is missing or not JSON."""
-    path = Path(data_dir) / MANIFEST
-    try:
-        return read_manifest(Path(data_dir))
-    except FileNotFoundError as err:
-        raise ShardError(f"{path} not found: is {data_dir} a generate.output_dir?") from err
-    except ValueError as err:
-        raise ShardError(f"{path}: not valid JSON ({err})") from err
+def _install_fork_hook() -> None:
+    """Close every open handle before any fork: registered once, on first use."""
+    global _FORK_HOOK
+    if not _FORK_HOOK and hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=_close_before_fork)
+    _FORK_HOOK = True
 
 
 def tile_slen_of(config_yaml: str) -> int:
@@ -91,7 +89,7 @@ def tile_slen_of(config_yaml: str) -> int:
     return int(OmegaConf.create(config_yaml).prior.tile_slen)
 
 
-def to_tile_catalog(items: dict | Sequence[dict], tile_slen: int) -> TileCatalog:
+def to_tile_catalog(items: ShardItem | Sequence[ShardItem], tile_slen: int) -> TileCatalog:
     """Batched :class:`TileCatalog` of items: a list of items, one item, or a collated batch."""
     if isinstance(items, dict):
         cat = items["tile_catalog"]
@@ -105,22 +103,30 @@ def to_tile_catalog(items: dict | Sequence[dict], tile_slen: int) -> TileCatalog
     return TileCatalog(tile_slen, dict(cat))
 
 
-def _read_row(path: Path, group: h5py.Group, row: int) -> dict:
+def _read_row(
+    path: Path, group: h5py.Group, row: int, shard_id: int, index_in_shard: int
+) -> ShardItem:
     """One image's arrays from ``group`` (a shard file or a split of dataset.h5), as tensors."""
     try:
-        item: dict = {
+        arrays = {
             k: torch.from_numpy(group[k][row].astype(np.float32, copy=False)) for k in IMAGE_KEYS
         }
         cat = {}
-        for key in CATALOG_SPEC:
+        for key in CATALOG_DTYPES:
             a = group[f"tile_catalog/{key}"][row]
             cat[key] = torch.from_numpy(
                 a.astype(np.int64 if key in INT_KEYS else np.float32, copy=False)
             )
     except (OSError, KeyError, ValueError) as err:
         raise ShardError(f"{path}: cannot read row {row} ({err})") from err
-    item["tile_catalog"] = cat
-    return item
+    return {
+        "images": arrays["images"],
+        "background": arrays["background"],
+        "psf_params": arrays["psf_params"],
+        "tile_catalog": cat,
+        "shard_id": shard_id,
+        "index_in_shard": index_in_shard,
+    }
 
 
 def _is_many(index) -> bool:
@@ -133,12 +139,21 @@ def _is_many(index) -> bool:
 class _RowDataset(Dataset):
     """Shared behaviour: global rows (a view may hold a subset), indexing, views, closing."""
 
-    # set by the subclass before __init__: n_total (images in the split), tile_slen,
-    # config_yaml, config_hash, shard_ids; it defines _item(row of the whole split) -> dict
+    # set by the subclass before __init__; it defines _item
+    split: str
+    n_total: int  #: images in the split
+    tile_slen: int
+    config_yaml: str
+    config_hash: str
+    shard_ids: list[int]
 
     def __init__(self) -> None:
         self._handles = _Handles()
         self._rows = np.arange(self.n_total, dtype=np.int64)
+
+    def _item(self, row: int) -> ShardItem:
+        """Image ``row`` of the whole split (not of a view)."""
+        raise NotImplementedError
 
     @property
     def bands(self) -> list[str]:
@@ -174,7 +189,7 @@ class _RowDataset(Dataset):
         view = self.select(index if _is_many(index) else [int(index)])
         return to_tile_catalog([self._item(int(r)) for r in view._rows], self.tile_slen)
 
-    def to_tile_catalog(self, items: dict | Sequence[dict]) -> TileCatalog:
+    def to_tile_catalog(self, items: ShardItem | Sequence[ShardItem]) -> TileCatalog:
         return to_tile_catalog(items, self.tile_slen)
 
     def __repr__(self) -> str:
@@ -212,8 +227,8 @@ class ShardDataset(_RowDataset):
 
     def __init__(self, data_dir: str | Path, split: str = "train") -> None:
         self.data_dir, self.split = Path(data_dir), split
-        manifest = load_manifest(self.data_dir)
-        where = self.data_dir / "manifest.json"
+        manifest = read_manifest(self.data_dir)
+        where = self.data_dir / MANIFEST
         if split not in SPLITS:
             raise ShardError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
         records = sorted(
@@ -242,16 +257,14 @@ class ShardDataset(_RowDataset):
         k, local = self._where(int(self._rows[i]))
         return self.paths[k], local
 
-    def _item(self, row: int) -> dict:
+    def _item(self, row: int) -> ShardItem:
         k, local = self._where(row)
         path = self.paths[k]
         f, fresh = self._handles.get(path)
         if fresh and f["images"].shape[0] < self.counts[k]:
             n = f["images"].shape[0]
             raise ShardError(f"{path}: {n} images, the manifest lists {self.counts[k]}")
-        item = _read_row(path, f, local)
-        item["shard_id"], item["index_in_shard"] = self.shard_ids[k], local
-        return item
+        return _read_row(path, f, local, self.shard_ids[k], local)
 
 
 class VirtualDataset(_RowDataset):
@@ -280,12 +293,10 @@ class VirtualDataset(_RowDataset):
         self.tile_slen = tile_slen_of(self.config_yaml)
         super().__init__()
 
-    def _item(self, row: int) -> dict:
+    def _item(self, row: int) -> ShardItem:
         f, _ = self._handles.get(self.path)
-        item = _read_row(self.path, f[self.split], row)
-        item["shard_id"] = int(self.shard_id[row])
-        item["index_in_shard"] = int(self.index_in_shard[row])
-        return item
+        shard_id, index = int(self.shard_id[row]), int(self.index_in_shard[row])
+        return _read_row(self.path, f[self.split], row, shard_id, index)
 
 
 def open_dataset(path: str | Path, split: str = "train") -> ShardDataset | VirtualDataset:

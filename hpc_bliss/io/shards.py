@@ -1,22 +1,12 @@
-"""HDF5 shards, schema version 1: one file per shard, written atomically, readable by any HDF5
-tool (no pickles, no custom filters).
+"""Shard files: one HDF5 file per shard, written atomically (:func:`write_shard`), readable by any
+HDF5 tool (no pickles, no custom filters), and checked (:func:`validate_shard`).
 
-Layout of ``shard-000042.h5``::
-
-    /                 attrs: schema_version, hpc_bliss_version, shard_id, split, seed,
-                             n_images, config_yaml, config_hash, content_sha256,
-                             created_utc, host, rank, device
-    images            float32 (N, B, H, W), one image per chunk, attr units
-    background        float32 (N, B), sky per pixel in the images' units
-    psf_params        float32 (N, B, 6): sigma1, sigma2, b, sigmap, beta, p0 (pixels)
-    tile_catalog/     n_sources uint8 (N, Ht, Wt); locs float32 (N, Ht, Wt, M, 2);
-                      source_type uint8 (N, Ht, Wt, M, 1); star_fluxes, galaxy_fluxes
-                      float32 (N, Ht, Wt, M, B); galaxy_params float32 (N, Ht, Wt, M, 6);
-                      shear float32 (N, Ht, Wt, 2); convergence float32 (N, Ht, Wt, 1)
-
-``content_sha256`` hashes every dataset (name, dtype, shape, bytes) in a fixed order: it is
-the same for the same (config, seed, shard id) whatever rank or host wrote the file, while
-the provenance attributes (created_utc, host, rank, device) say who did.
+What a shard holds (datasets, dtypes, shapes, units, root attributes) is
+:mod:`hpc_bliss.io.schema`; ``shard-000042.h5`` is its datasets at their paths, every root
+attribute of :data:`~hpc_bliss.io.schema.REQUIRED_ATTRS`, and a ``units`` attribute on each
+dataset. ``content_sha256`` hashes every dataset (name, dtype, shape, bytes) in a fixed order:
+it is the same for the same (config, seed, shard id) whatever rank or host wrote the file,
+while the provenance attributes (created_utc, host, rank, device) say who did.
 """
 
 from __future__ import annotations
@@ -34,40 +24,14 @@ import numpy as np
 
 from hpc_bliss import __version__
 from hpc_bliss.errors import ShardError
-
-SCHEMA_VERSION = 1
-
-#: tile-catalog datasets: dtype and the ``units`` attribute each carries
-CATALOG_SPEC: dict[str, tuple[str, str]] = {
-    "n_sources": ("uint8", "count of sources in the tile"),
-    "locs": ("float32", "(row, col) within the tile, fraction of tile_slen in [0, 1)"),
-    "source_type": ("uint8", "0 star, 1 galaxy"),
-    "star_fluxes": ("float32", "nanomaggies per band"),
-    "galaxy_fluxes": ("float32", "nanomaggies per band"),
-    "galaxy_params": (
-        "float32",
-        "disk_frac, beta_radians (rad), disk_q, a_d (arcsec), bulge_q, a_b (arcsec)",
-    ),
-    "shear": ("float32", "reduced-shear inputs gamma1, gamma2 (dimensionless)"),
-    "convergence": ("float32", "kappa (dimensionless)"),
-}
-IMAGE_KEYS = ("images", "background", "psf_params")
-#: every dataset of a shard, in the fixed order the content hash uses
-DATASET_NAMES = (*IMAGE_KEYS, *(f"tile_catalog/{k}" for k in CATALOG_SPEC))
-REQUIRED_ATTRS = (
-    "schema_version",
-    "hpc_bliss_version",
-    "shard_id",
-    "split",
-    "seed",
-    "n_images",
-    "config_yaml",
-    "config_hash",
-    "content_sha256",
-    "created_utc",
-    "host",
-    "rank",
-    "device",
+from hpc_bliss.io.schema import (
+    CATALOG_KEYS,
+    DATASET_NAMES,
+    REQUIRED_ATTRS,
+    SCHEMA_VERSION,
+    SPECS,
+    content_sha256,
+    storage,
 )
 
 
@@ -92,21 +56,12 @@ class ShardData:
             "background": self.background,
             "psf_params": self.psf_params,
         }
-        arrays.update({f"tile_catalog/{k}": v for k, v in self.catalog.items()})
+        arrays.update({f"tile_catalog/{k}": self.catalog[k] for k in CATALOG_KEYS})
         return [(name, arrays[name]) for name in DATASET_NAMES]
 
     @property
     def n_images(self) -> int:
         return int(self.images.shape[0])
-
-
-def content_sha256(items: list[tuple[str, np.ndarray]]) -> str:
-    digest = hashlib.sha256()
-    for name, arr in items:
-        arr = np.ascontiguousarray(arr)
-        digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
-        digest.update(arr.tobytes())
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -141,15 +96,9 @@ def write_shard(path: Path, data: ShardData, attrs: dict, compression: str = "gz
             for key, value in meta.items():
                 f.attrs[key] = value
             for name, arr in data.datasets():
-                chunks = (1, *arr.shape[1:]) if arr.shape[0] > 0 else None
-                packed = compression == "gzip" and name.startswith("tile_catalog/") and chunks
-                filters = {"compression": "gzip", "compression_opts": 1} if packed else {}
-                dset = f.create_dataset(name, data=arr, chunks=chunks, **filters)
-                dset.attrs["units"] = (
-                    CATALOG_SPEC[name.split("/")[1]][1]
-                    if name.startswith("tile_catalog/")
-                    else _image_units(name, data.units)
-                )
+                spec = SPECS[name]
+                dset = f.create_dataset(name, data=arr, **storage(spec, arr.shape, compression))
+                dset.attrs["units"] = spec.units_for(data.units)
             f.flush()
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -163,15 +112,6 @@ def write_shard(path: Path, data: ShardData, attrs: dict, compression: str = "gz
         reason = "disk full (no space left on device)" if err.errno == errno.ENOSPC else err
         raise ShardError(f"cannot write {path}: {reason}") from err
     return meta
-
-
-def _image_units(name: str, units: str) -> str:
-    if name == "psf_params":
-        return "sigma1, sigma2 (px), b, sigmap (px), beta, p0"
-    return {
-        "nmgy": "nanomaggies per pixel, sky-subtracted",
-        "nmgy_sky": "nanomaggies per pixel",
-    }.get(units, "electrons per pixel")
 
 
 def read_attrs(path: Path) -> dict:
@@ -195,7 +135,7 @@ def validate_shard(
     path: Path, config_hash: str | None = None, check_content: bool = True
 ) -> list[str]:
     """Problems with the shard at ``path`` (an empty list means it is valid): it opens, has
-    every attribute and dataset of schema 1 with consistent shapes and dtypes, matches
+    every attribute and dataset of the schema with consistent shapes and dtypes, matches
     ``config_hash`` when given, and its data hash to ``content_sha256``."""
     path = Path(path)
     if not path.is_file():
@@ -224,8 +164,7 @@ def validate_shard(
                 dset = f[name]
                 if dset.shape[:1] != (n,):
                     problems.append(f"{path}: {name} has {dset.shape[0]} rows, expected {n}")
-                key = name.split("/")[-1]
-                want = CATALOG_SPEC[key][0] if key in CATALOG_SPEC else "float32"
+                want = SPECS[name].dtype
                 if dset.dtype != np.dtype(want):
                     problems.append(f"{path}: {name} has dtype {dset.dtype}, expected {want}")
                 if check_content and not problems:

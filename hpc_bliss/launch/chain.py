@@ -7,18 +7,20 @@ Three batch jobs, each held by SLURM until the one before it has COMPLETED
 when a stage fails, instead of leaving it pending for ever):
 
 1. ``jobs/generate.sh``: one MPI rank per task writes the shards to ``generate.output_dir``;
-2. ``jobs/train.sh``: one DDP process per task reads them (``train.data_dir`` is set to
-   ``generate.output_dir``) and writes ``<train.output_dir>/checkpoints/best.ckpt``;
-3. ``jobs/evaluate.sh``: one MPI rank per task scores that checkpoint on the test shards and
-   writes the report to ``evaluate.output_dir``.
+2. ``jobs/train.sh``: one DDP process per task reads them (``train.data_dir`` follows
+   ``generate.output_dir`` in the config) and writes
+   ``<train.output_dir>/checkpoints/best.ckpt``;
+3. ``jobs/evaluate.sh``: one MPI rank per task scores that checkpoint (``evaluate.checkpoint``
+   follows ``train.output_dir``) on the test shards and writes the report to
+   ``evaluate.output_dir``.
 
-Every path handed to a job is absolute and every job runs in the repository root, so the
-command works from any directory. Logs: ``<log_dir>/hpc-bliss-<stage>-<job id>.out``.
+Every job gets the three output directories as absolute paths (the paths that follow them are
+then absolute too) and runs in the repository root, so the command works from any directory.
+Logs: ``<log_dir>/hpc-bliss-<stage>-<job id>.out``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import subprocess
@@ -29,7 +31,8 @@ from pathlib import Path
 
 from hpc_bliss.config import Config, load_config
 from hpc_bliss.errors import LaunchError
-from hpc_bliss.launch.submit import _site_value, check_launch, partition_info
+from hpc_bliss.launch.shape import JobShape
+from hpc_bliss.launch.site import check_launch, partition_and_account, partition_info
 
 STAGES = ("generate", "train", "evaluate")
 #: the Trainer's shape: jobs/train.sh sets these two from the allocation and refuses overrides
@@ -55,7 +58,77 @@ def log_path(log_dir: Path, stage: str, job_id: str) -> Path:
     return log_dir / f"hpc-bliss-{stage}-{job_id}.out"
 
 
+def job_config(
+    config_path: Path, cfg: Config, overrides: Sequence[str]
+) -> tuple[list[str], Config]:
+    """The overrides every job gets (``overrides`` less the Trainer's shape, plus
+    the output directories of ``cfg`` made absolute) and the config the jobs load with them.
+
+    Refuses (:class:`LaunchError`) a config or override that unwires the stages: the train and
+    evaluate data must be what generate writes, the checkpoint what train writes.
+    """
+    if any(o.startswith("ckpt=") for o in overrides):
+        raise LaunchError(
+            "submit pipeline evaluates the checkpoint it trains "
+            "(<train.output_dir>/checkpoints/best.ckpt): drop ckpt="
+        )
+    dirs = {
+        "generate.output_dir": cfg.generate.output_dir,
+        "train.output_dir": cfg.train.output_dir,
+        "evaluate.output_dir": cfg.evaluate.output_dir,
+    }
+    common = [o for o in overrides if not o.startswith(SHAPE_KEYS)]
+    common += [f"{key}={Path(value).absolute()}" for key, value in dirs.items()]
+    job = load_config(config_path, common)
+    wiring = {
+        "train.data_dir": (job.train.data_dir, job.generate.output_dir),
+        "evaluate.data_dir": (job.evaluate.data_dir, job.generate.output_dir),
+        "evaluate.checkpoint": (
+            job.evaluate.checkpoint,
+            str(Path(job.train.output_dir) / "checkpoints" / "best.ckpt"),
+        ),
+    }
+    unwired = [f"{k}={got}, not {want}" for k, (got, want) in wiring.items() if got != want]
+    if unwired:
+        raise LaunchError(
+            "submit pipeline trains on the data it generates and evaluates the checkpoint it "
+            "trains, but " + "; ".join(unwired) + ": drop these settings (by default they follow "
+            "generate.output_dir and train.output_dir)"
+        )
+    return common, job
+
+
+def job_environ(environ: Mapping[str, str], config: Path, root: Path) -> dict[str, str]:
+    """The jobs' environment: ``environ`` plus the config, the repository and the venv."""
+    env = dict(environ)
+    env["HPC_BLISS_CONFIG"] = str(config)
+    env["HPC_BLISS_ROOT"] = str(root)
+    if "HPC_BLISS_VENV" not in env and sys.prefix != sys.base_prefix:
+        env["HPC_BLISS_VENV"] = sys.prefix  # the venv of this command, wherever it lives
+    return env
+
+
+def sbatch_command(
+    root: Path,
+    logs: Path,
+    shape: JobShape,
+    partition: str | None,
+    account: str | None,
+    time_minutes: int | None,
+) -> list[str]:
+    """The sbatch command line every stage shares (its script and dependency follow)."""
+    cmd = ["sbatch", "--parsable", f"--chdir={root}", f"--output={logs}/%x-%j.out"]
+    cmd += [f"--nodes={shape.nodes}", f"--ntasks-per-node={shape.tasks_per_node}"]
+    cmd += [f"--cpus-per-task={shape.cpus_per_task}"] if shape.cpus_per_task else []
+    cmd += [f"--partition={partition}"] if partition else []
+    cmd += [f"--account={account}"] if account else []
+    cmd += [f"--time={time_minutes}"] if time_minutes else []
+    cmd += [f"--gpus-per-node={shape.gpus_per_node}"] if shape.gpus_per_node > 0 else []
+    return cmd
+
+
 def _sbatch(stage: str, cmd: list[str], env: Mapping[str, str], cwd: Path) -> str:
+    """Run ``cmd`` (sbatch --parsable ...); the job id, or :class:`LaunchError` naming the stage."""
     try:
         out = subprocess.run(
             cmd,
@@ -79,13 +152,52 @@ def _sbatch(stage: str, cmd: list[str], env: Mapping[str, str], cwd: Path) -> st
     return job_id
 
 
+def queue_stages(
+    sbatch: list[str], overrides: list[str], env: Mapping[str, str], root: Path
+) -> dict[str, str]:
+    """Queue ``jobs/<stage>.sh overrides`` for each of :data:`STAGES`, each after the one
+    before it; ``{stage: job id}``. Where sbatch refuses one, the stages already queued are
+    cancelled and :class:`LaunchError` names the stage."""
+    ids: dict[str, str] = {}
+    try:
+        for i, stage in enumerate(STAGES):
+            after = ids[STAGES[i - 1]] if i else None
+            dep = [f"--dependency=afterok:{after}", "--kill-on-invalid-dep=yes"] if after else []
+            script = str(root / "jobs" / f"{stage}.sh")
+            ids[stage] = _sbatch(stage, [*sbatch, *dep, script, *overrides], env, root)
+    except LaunchError as err:
+        if ids:
+            queued = ",".join(ids.values())
+            subprocess.run(["scancel", *ids.values()], capture_output=True, check=False)
+            raise LaunchError(f"{err}\n  (cancelled the stages already queued: {queued})") from err
+        raise
+    return ids
+
+
+def print_queued(
+    ids: Mapping[str, str], logs: Path, job: Config, what: str, user: str | None
+) -> None:
+    """Say what was queued (``what``: shape, site and config), each stage's job and log, where
+    the results go and how to follow, watch and cancel the jobs."""
+    print(f"[pipeline] {what}")
+    for i, stage in enumerate(STAGES):
+        dep = f" after {STAGES[i - 1]} {ids[STAGES[i - 1]]} (afterok)" if i else ""
+        print(f"[pipeline] {stage:<8} job {ids[stage]}{dep}: {log_path(logs, stage, ids[stage])}")
+    e = job.evaluate
+    print(
+        f"[pipeline] data {e.data_dir}; checkpoint {e.checkpoint}; report {e.output_dir}/report.md"
+    )
+    all_ids = ",".join(ids.values())
+    print(f"[pipeline] state:  squeue -u {user or '$USER'}; sacct -j {all_ids}")
+    print(f"[pipeline] follow: tail -f {logs}/hpc-bliss-*-{{{all_ids}}}.out")
+    print(f"[pipeline] cancel: scancel {' '.join(ids.values())}")
+
+
 def submit_pipeline(
     cfg: Config,
     config_path: str | Path,
     overrides: Sequence[str],
-    nodes: int,
-    tasks_per_node: int,
-    gpus_per_node: int,
+    shape: JobShape,
     partition: str | None = None,
     account: str | None = None,
     time_minutes: int | None = None,
@@ -98,113 +210,29 @@ def submit_pipeline(
 
     ``cfg`` is ``config_path`` loaded with ``overrides`` (the jobs load it again, with the same
     overrides). ``partition``/``account`` default to ``cfg.launch``, then $SBATCH_PARTITION and
-    $SBATCH_ACCOUNT; ``time_minutes`` (None: each script's own limit) applies to every job.
-    ``log_dir`` defaults to ``<repo>/logs``; ``environ`` (default os.environ) is the jobs'
-    environment. A refused submission raises :class:`LaunchError` naming the stage, after
-    cancelling the stages already queued.
+    $SBATCH_ACCOUNT; ``time_minutes`` and ``shape.cpus_per_task`` (None: each script's own)
+    apply to every job. ``log_dir`` defaults to ``<repo>/logs``; ``environ`` (default
+    os.environ) is the jobs' environment. A refused submission raises :class:`LaunchError`
+    naming the stage, after cancelling the stages already queued.
     """
     overrides = list(overrides)
-    if any(o.startswith(("ckpt=", "evaluate.checkpoint=")) for o in overrides):
-        raise LaunchError(
-            "submit pipeline evaluates the checkpoint it trains "
-            "(<train.output_dir>/checkpoints/best.ckpt): drop ckpt=/evaluate.checkpoint="
-        )
-    partition = _site_value(partition, cfg.launch.partition, "SBATCH_PARTITION")
-    account = _site_value(account, cfg.launch.account, "SBATCH_ACCOUNT")
+    config = Path(config_path).absolute()
+    partition, account = partition_and_account(cfg.launch, partition, account)
     # train.sh sets train.devices/num_nodes from the allocation: check that shape, unless the
     # caller named one explicitly (then it must agree, as for `submit train`)
-    explicit_shape = any(o.startswith(SHAPE_KEYS) for o in overrides)
-    shaped = (
-        cfg
-        if explicit_shape
-        else replace(cfg, train=replace(cfg.train, devices=tasks_per_node, num_nodes=nodes))
-    )
-    check_launch(shaped, nodes, tasks_per_node, gpus_per_node, partition_info(partition))
+    if not any(o.startswith(SHAPE_KEYS) for o in overrides):
+        trainer = replace(cfg.train, devices=shape.tasks_per_node, num_nodes=shape.nodes)
+        cfg = replace(cfg, train=trainer)
+    common, job = job_config(config, cfg, overrides)
+    check_launch(cfg, shape, partition_info(partition))
 
     root = repo_root()
-    config = Path(config_path).absolute()
     logs = Path(log_dir).absolute() if log_dir else root / "logs"
     logs.mkdir(parents=True, exist_ok=True)  # sbatch does not create it: no log at all
-    data = Path(cfg.generate.output_dir).absolute()
-    train_out = Path(cfg.train.output_dir).absolute()
-    eval_out = Path(cfg.evaluate.output_dir).absolute()
-    ckpt = train_out / "checkpoints" / "best.ckpt"
-    paths = [
-        f"generate.output_dir={data}",
-        f"train.data_dir={data}",
-        f"train.output_dir={train_out}",
-        f"evaluate.data_dir={data}",
-        f"evaluate.output_dir={eval_out}",
-    ]
-    common = [o for o in overrides if not o.startswith(SHAPE_KEYS)] + paths
+    env = job_environ(os.environ if environ is None else environ, config, root)
+    sbatch = sbatch_command(root, logs, shape, partition, account, time_minutes)
+    ids = queue_stages(sbatch, common, env, root)
 
-    env = dict(os.environ if environ is None else environ)
-    env["HPC_BLISS_CONFIG"] = str(config)
-    env["HPC_BLISS_ROOT"] = str(root)
-    if "HPC_BLISS_VENV" not in env and sys.prefix != sys.base_prefix:
-        env["HPC_BLISS_VENV"] = sys.prefix  # the venv of this command, wherever it lives
-
-    base = ["sbatch", "--parsable", f"--chdir={root}", f"--output={logs}/%x-%j.out"]
-    base += [f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node}"]
-    base += [f"--partition={partition}"] if partition else []
-    base += [f"--account={account}"] if account else []
-    base += [f"--time={time_minutes}"] if time_minutes else []
-    base += [f"--gpus-per-node={gpus_per_node}"] if gpus_per_node > 0 else []
-    jobs = root / "jobs"
-    args = {
-        "generate": [str(jobs / "generate.sh"), *common],
-        "train": [str(jobs / "train.sh"), *common],
-        "evaluate": [str(jobs / "evaluate.sh"), *common, f"evaluate.checkpoint={ckpt}"],
-    }
-
-    ids: dict[str, str] = {}
-    try:
-        for stage in STAGES:
-            after = ids[STAGES[STAGES.index(stage) - 1]] if ids else None
-            dep = [f"--dependency=afterok:{after}", "--kill-on-invalid-dep=yes"] if after else []
-            ids[stage] = _sbatch(stage, [*base, *dep, *args[stage]], env, root)
-    except LaunchError as err:
-        if ids:
-            queued = ",".join(ids.values())
-            subprocess.run(["scancel", *ids.values()], capture_output=True, check=False)
-            raise LaunchError(f"{err}\n  (cancelled the stages already queued: {queued})") from err
-        raise
-
-    where = f"partition {partition or '-'}, account {account or '-'}"
-    print(
-        f"[pipeline] {nodes} node(s) × {tasks_per_node} task(s), {gpus_per_node} GPU(s)/node, "
-        f"{where}; config {config}"
-    )
-    for i, stage in enumerate(STAGES):
-        dep = f" after {STAGES[i - 1]} {ids[STAGES[i - 1]]} (afterok)" if i else ""
-        print(f"[pipeline] {stage:<8} job {ids[stage]}{dep}: {log_path(logs, stage, ids[stage])}")
-    print(f"[pipeline] data {data}; checkpoint {ckpt}; report {eval_out}/report.md")
-    all_ids = ",".join(ids.values())
-    print(f"[pipeline] state:  squeue -u {env.get('USER') or '$USER'}; sacct -j {all_ids}")
-    print(f"[pipeline] follow: tail -f {logs}/hpc-bliss-*-{{{all_ids}}}.out")
-    print(f"[pipeline] cancel: scancel {' '.join(ids.values())}")
+    where = f"{shape.describe()}, partition {partition or '-'}, account {account or '-'}"
+    print_queued(ids, logs, job, f"{where}; config {config}", env.get("USER"))
     return ids
-
-
-def cmd_submit_pipeline(args: argparse.Namespace) -> int:
-    """`hpc-bliss submit pipeline CONFIG [overrides]` (the arguments of `submit`'s parser)."""
-    cfg = load_config(args.config, args.overrides)
-    launch = cfg.launch
-    if getattr(args, "cluster", None) not in (None, "slurm"):
-        raise LaunchError(f"submit pipeline queues SLURM jobs; --cluster {args.cluster} is not one")
-    gpus = launch.gpus_per_node if args.gpus_per_node is None else args.gpus_per_node
-    tasks = args.tasks_per_node
-    if tasks is None:
-        tasks = gpus if gpus > 0 else launch.tasks_per_node
-    submit_pipeline(
-        cfg,
-        args.config,
-        args.overrides,
-        nodes=launch.nodes if args.nodes is None else args.nodes,
-        tasks_per_node=tasks,
-        gpus_per_node=gpus,
-        partition=args.partition,
-        account=args.account,
-        time_minutes=args.time,
-    )
-    return 0

@@ -1,7 +1,7 @@
 """Encoder, variational distributions and loss (plain torch: no distributed imports here)."""
 
 from hpc_bliss.model.encoder import MAX_SOURCES, Encoder
-from hpc_bliss.model.loss import double_detection_nll, n_sources_accuracy
+from hpc_bliss.model.loss import double_detection_nll
 from hpc_bliss.model.variational import VariationalDist
 
 __all__ = [
@@ -9,5 +9,4 @@ __all__ = [
     "Encoder",
     "VariationalDist",
     "double_detection_nll",
-    "n_sources_accuracy",
 ]

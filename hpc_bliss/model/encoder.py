@@ -42,8 +42,10 @@ class ResBlock(nn.Module):
             nn.SiLU(),
             nn.Conv2d(channels, channels, 3, padding=1),
         )
-        nn.init.zeros_(self.body[-1].weight)  # each block starts as the identity
-        nn.init.zeros_(self.body[-1].bias)
+        last = self.body[-1]
+        assert isinstance(last, nn.Conv2d) and last.bias is not None
+        nn.init.zeros_(last.weight)  # each block starts as the identity
+        nn.init.zeros_(last.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
@@ -52,6 +54,7 @@ class ResBlock(nn.Module):
 def _head(in_ch: int, hidden: int, out_ch: int, kernel: int = 1) -> nn.Sequential:
     last = nn.Conv2d(hidden, out_ch, 1)
     nn.init.normal_(last.weight, std=1e-3)  # start near q with unit-ish scales everywhere
+    assert last.bias is not None
     nn.init.zeros_(last.bias)
     return nn.Sequential(nn.Conv2d(in_ch, hidden, kernel, padding=kernel // 2), nn.SiLU(), last)
 
@@ -92,6 +95,7 @@ class Encoder(nn.Module):
         scale = torch.as_tensor(flux_scale, dtype=torch.float32).expand(n_bands).clone()
         if bool((scale <= 0).any()):
             raise ValueError(f"flux_scale must be > 0, got {flux_scale}")
+        self.flux_scale: Tensor
         self.register_buffer("flux_scale", scale.view(1, n_bands, 1, 1))
         full = max(hidden // 2, 2)
         in_ch = n_bands * (2 if use_background else 1)

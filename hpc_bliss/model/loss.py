@@ -40,30 +40,3 @@ def double_detection_nll(
     b = marginal.nll(z2, counts) + encoder.conditional(features, z2).nll(z1)
     both = -torch.logsumexp(-torch.stack([a, b]), dim=0)
     return torch.where(n >= 2, both, a)
-
-
-def n_sources_accuracy(
-    pred: TileCatalog, truth: TileCatalog, border_tiles: int = 1
-) -> dict[str, int]:
-    """Counts of interior tiles whose predicted n_sources is right, and within ±1 of the truth.
-
-    ``truth`` (N, Ht, Wt) is cropped by ``border_tiles`` per side; ``pred`` may be cropped
-    already (as :meth:`Encoder.sample` returns it) or full size. Truth counts are not clipped, so
-    a tile with 3 sources is never right for a 2-source encoder. Returns plain ints
-    ``{"correct", "within1", "total"}``: merge processes by summing, then divide by ``total``.
-    """
-    truth_n = truth["n_sources"]
-    pred_n = pred["n_sources"]
-    if border_tiles:
-        if pred_n.shape == truth_n.shape:
-            pred_n = pred.symmetric_crop(border_tiles)["n_sources"]
-        truth_n = truth.symmetric_crop(border_tiles)["n_sources"]
-    if pred_n.shape != truth_n.shape:
-        got, want = tuple(pred_n.shape), tuple(truth_n.shape)
-        raise ValueError(f"pred tiles {got} do not match the cropped truth {want}")
-    diff = (pred_n.to(truth_n.device) - truth_n).abs()
-    return {
-        "correct": int((diff == 0).sum()),
-        "within1": int((diff <= 1).sum()),
-        "total": diff.numel(),
-    }

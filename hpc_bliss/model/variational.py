@@ -31,14 +31,16 @@ from torch import Tensor
 from torch.special import log_ndtr, ndtr, ndtri
 
 from hpc_bliss.catalog import TileCatalog
+from hpc_bliss.io.schema import GALAXY_PARAMS, N_GALAXY_PARAMS
 
 MAX_COUNT = 2  #: the count distribution is over {0, 1, 2}
 MIN_SCALE = 1e-3  #: lower bound of every normal scale (transformed units)
 UNIT_EPS = 1e-5  #: (0, 1) targets are clamped to [UNIT_EPS, 1 - UNIT_EPS]
 POSITIVE_MIN = 1e-4  #: log-normal targets (nmgy, arcsec) are clamped to >= this
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-#: upper end of each galaxy param's interval; 0 marks a log-normal (positive) param
-_GAL_UPPER = (1.0, math.pi, 1.0, 0.0, 1.0, 0.0)
+#: upper end of each galaxy param's interval (all start at 0); 0 marks a log-normal (positive)
+#: param: (1, π, 1, 0, 1, 0) for disk_frac, beta_radians, disk_q, a_d, bulge_q, a_b
+_GAL_UPPER = tuple(p.upper if p.bounded else 0.0 for p in GALAXY_PARAMS)
 
 Point = dict[str, Tensor]
 
@@ -101,18 +103,19 @@ class VariationalDist:
         if with_counts:
             self.count_logits, p = p[..., : MAX_COUNT + 1], p[..., MAX_COUNT + 1 :]
         b = n_bands
-        sizes = [2, 2, 1, 2 * b, 2 * b, 12]
+        sizes = [2, 2, 1, 2 * b, 2 * b, 2 * N_GALAXY_PARAMS]
         loc_mean, loc_scale, gal_logit, star_flux, gal_flux, gal = p.split(sizes, dim=-1)
         self.loc_mean, self.loc_scale = torch.sigmoid(loc_mean), _scale(loc_scale)
         self.galaxy_logit = gal_logit[..., 0]
         flux = torch.stack([star_flux, gal_flux], dim=-2)  # (..., 2 types, 2B)
         self.log_flux_mean, self.log_flux_scale = flux[..., :b], _scale(flux[..., b:])
-        self.gal_mean, self.gal_scale = gal[..., :6], _scale(gal[..., 6:])
+        n_gal = N_GALAXY_PARAMS
+        self.gal_mean, self.gal_scale = gal[..., :n_gal], _scale(gal[..., n_gal:])
 
     @staticmethod
     def n_params(n_bands: int, with_counts: bool = True) -> int:
         """P, the number of raw values per tile a head must emit."""
-        return (MAX_COUNT + 1 if with_counts else 0) + 5 + 4 * n_bands + 12
+        return (MAX_COUNT + 1 if with_counts else 0) + 5 + 4 * n_bands + 2 * N_GALAXY_PARAMS
 
     @property
     def tile_shape(self) -> tuple[int, int, int]:

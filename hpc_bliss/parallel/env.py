@@ -14,6 +14,8 @@ import ctypes
 import os
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,17 +152,38 @@ def detect(use_mpi: bool | None = None) -> ProcessEnv:
 
 
 def pick_device(spec: str, env: ProcessEnv) -> torch.device:
-    """``auto``: cuda:(local_rank % device_count) when CUDA is present, else the CPU with
-    ``torch.set_num_threads`` matched to this rank's share of the cores it may use."""
+    """``auto``: cuda:(local_rank % device_count) when CUDA is present, else the CPU. Changes
+    nothing in the process: :func:`using_device` does, for the span of a stage."""
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec == "cuda":
-        device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-        return device
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    # a rank pinned to its own cores (srun --cpus-per-task) keeps them all; ranks sharing
-    # the node's cores split them
-    share = cores if cores and cores < (os.cpu_count() or 1) else (cores or 1) // env.local_world
-    torch.set_num_threads(max(1, share))
+        return torch.device("cuda", env.local_rank % torch.cuda.device_count())
     return torch.device(spec)
+
+
+def cpu_share(env: ProcessEnv) -> int:
+    """Torch threads for this rank: a rank pinned to its own cores (srun --cpus-per-task)
+    keeps them all; ranks sharing the node's cores split them."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    share = cores if cores and cores < (os.cpu_count() or 1) else (cores or 1) // env.local_world
+    return max(1, share)
+
+
+@contextmanager
+def using_device(device: torch.device, env: ProcessEnv) -> Iterator[torch.device]:
+    """Within the block, make ``device`` the current CUDA device, or give the CPU this rank's
+    share of threads (:func:`cpu_share`); the process's previous settings are restored after."""
+    if device.type == "cuda":
+        previous = torch.cuda.current_device()
+        torch.cuda.set_device(device)
+        try:
+            yield device
+        finally:
+            torch.cuda.set_device(previous)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cpu_share(env))
+    try:
+        yield device
+    finally:
+        torch.set_num_threads(threads)

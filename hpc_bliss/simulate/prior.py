@@ -11,10 +11,9 @@ from torch import Tensor
 
 from hpc_bliss.catalog import TileCatalog
 from hpc_bliss.config import PowerLawFlux, PriorConfig
+from hpc_bliss.io.schema import GALAXY_PARAM_NAMES
 from hpc_bliss.simulate.lensing import sample_lensing_fields
 from hpc_bliss.simulate.sampling import standard_gamma, truncated_pareto
-
-GALAXY_PARAM_NAMES = ("disk_frac", "beta_radians", "disk_q", "a_d", "bulge_q", "a_b")
 
 
 def _fluxes(
@@ -39,15 +38,33 @@ def _fluxes(
 def _galaxy_params(
     cfg: PriorConfig, shape: tuple[int, ...], gen: torch.Generator, device: torch.device | str
 ) -> Tensor:
+    """Galaxy params (*shape, 6), in the order of :data:`GALAXY_PARAM_NAMES`."""
     u = torch.rand((*shape, 4), generator=gen, device=device)
-    disk_frac = u[..., 0]
-    beta = torch.pi * u[..., 1]
-    disk_q = cfg.galaxy_q_min + (1.0 - cfg.galaxy_q_min) * u[..., 2]
-    bulge_q = cfg.galaxy_q_min + (1.0 - cfg.galaxy_q_min) * u[..., 3]
+    p = {"disk_frac": u[..., 0], "beta_radians": torch.pi * u[..., 1]}
+    p["disk_q"] = cfg.galaxy_q_min + (1.0 - cfg.galaxy_q_min) * u[..., 2]
+    p["bulge_q"] = cfg.galaxy_q_min + (1.0 - cfg.galaxy_q_min) * u[..., 3]
     gamma = standard_gamma(shape, cfg.galaxy_a_concentration, gen, device)
-    a_d = cfg.galaxy_a_loc + cfg.galaxy_a_scale * gamma
-    a_b = a_d / cfg.galaxy_a_bd_ratio
-    return torch.stack([disk_frac, beta, disk_q, a_d, bulge_q, a_b], dim=-1)
+    p["a_d"] = cfg.galaxy_a_loc + cfg.galaxy_a_scale * gamma
+    p["a_b"] = p["a_d"] / cfg.galaxy_a_bd_ratio
+    return torch.stack([p[name] for name in GALAXY_PARAM_NAMES], dim=-1)
+
+
+def _scattered_fluxes(
+    law: PowerLawFlux,
+    color_mean: list[float],
+    color_std: list[float],
+    cfg: PriorConfig,
+    mask: Tensor,
+    generator: torch.Generator,
+) -> Tensor:
+    """Fluxes (*mask.shape, B) drawn for the slots of ``mask`` (in row-major slot order), zero
+    elsewhere."""
+    out = torch.zeros((*mask.shape, len(cfg.bands)), device=mask.device)
+    shape = (int(mask.sum()),)
+    out[mask] = _fluxes(
+        law, color_mean, color_std, cfg.reference_band, shape, generator, mask.device
+    )
+    return out
 
 
 def sample_prior(
@@ -77,29 +94,15 @@ def sample_prior(
     if cfg.prob_galaxy > 0:
         is_gal[on] = torch.rand((n_on,), generator=generator, device=device) < cfg.prob_galaxy
     is_star = on & ~is_gal
-    ref = cfg.reference_band
-    star_fluxes = torch.zeros((*slots, nb), device=device)
-    star_fluxes[is_star] = _fluxes(
-        cfg.star_flux,
-        cfg.star_color_mean,
-        cfg.star_color_std,
-        ref,
-        (int(is_star.sum()),),
-        generator,
-        device,
+    star_fluxes = _scattered_fluxes(
+        cfg.star_flux, cfg.star_color_mean, cfg.star_color_std, cfg, is_star, generator
     )
     galaxy_fluxes = torch.zeros((*slots, nb), device=device)
     galaxy_params = torch.zeros((*slots, len(GALAXY_PARAM_NAMES)), device=device)
     n_gal = int(is_gal.sum())
     if n_gal:
-        galaxy_fluxes[is_gal] = _fluxes(
-            cfg.galaxy_flux,
-            cfg.galaxy_color_mean,
-            cfg.galaxy_color_std,
-            ref,
-            (n_gal,),
-            generator,
-            device,
+        galaxy_fluxes = _scattered_fluxes(
+            cfg.galaxy_flux, cfg.galaxy_color_mean, cfg.galaxy_color_std, cfg, is_gal, generator
         )
         galaxy_params[is_gal] = _galaxy_params(cfg, (n_gal,), generator, device)
     data = {

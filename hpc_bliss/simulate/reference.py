@@ -14,6 +14,7 @@ import torch
 
 from hpc_bliss.catalog import FullCatalog
 from hpc_bliss.config import RenderConfig
+from hpc_bliss.io.schema import GALAXY_PARAMS
 from hpc_bliss.simulate.lensing import reduced_shear_and_magnification
 from hpc_bliss.simulate.psf import component_fluxes, psf_params
 
@@ -63,11 +64,12 @@ def galsim_galaxy(
     """Unit-flux bulge + disk galaxy (pixel units), lensed by (γ1, γ2) and κ, as BLISS builds it:
     each component's half-light radius is sqrt(a·b) = a·sqrt(q), sheared to axis ratio q."""
     galsim = _galsim()
-    disk_frac, beta, disk_q, a_d, bulge_q, a_b = params
+    p = GALAXY_PARAMS.by_name(params)
+    disk_frac, beta = p["disk_frac"], p["beta_radians"]
     parts = []
     for frac, q, a, cls in (
-        (disk_frac, disk_q, a_d, galsim.Exponential),
-        (1 - disk_frac, bulge_q, a_b, galsim.DeVaucouleurs),
+        (disk_frac, p["disk_q"], p["a_d"], galsim.Exponential),
+        (1 - disk_frac, p["bulge_q"], p["a_b"], galsim.DeVaucouleurs),
     ):
         if frac > 0:
             hlr = a * math.sqrt(q) / pixel_scale
@@ -85,11 +87,17 @@ def galsim_galaxy(
 
 def render_galsim(catalog: FullCatalog, cfg: RenderConfig) -> np.ndarray:
     """Noise-free images (N, B, H, W) in nanomaggies, drawn source by source with GalSim."""
+    # method="fft": "auto" would pick a slow real-space convolution of the truncated Moffat
+    # with the pixel (both have hard edges), ~300x slower for the same result; GalSim warns
+    # about the hard edges, which is expected here (the filter lasts for this call only)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*both with hard edges.*")
+        return _render(catalog, cfg)
+
+
+def _render(catalog: FullCatalog, cfg: RenderConfig) -> np.ndarray:
     galsim = _galsim()
     psfs = galsim_psfs(cfg)
-    # method="fft": "auto" would pick a slow real-space convolution of the truncated Moffat
-    # with the pixel (both have hard edges), ~300x slower for the same result
-    warnings.filterwarnings("ignore", message=".*both with hard edges.*")
     h, w = catalog.height, catalog.width
     n_img = catalog.batch_size
     out = np.zeros((n_img, len(psfs), h, w))

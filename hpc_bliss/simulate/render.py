@@ -25,6 +25,7 @@ from torch import Tensor
 from hpc_bliss.catalog import FullCatalog, TileCatalog
 from hpc_bliss.config import RenderConfig
 from hpc_bliss.errors import ConfigError
+from hpc_bliss.io.schema import GALAXY_PARAMS
 from hpc_bliss.simulate.lensing import reduced_shear_and_magnification
 from hpc_bliss.simulate.profiles import mixture
 from hpc_bliss.simulate.psf import psf_fourier, psf_params
@@ -155,14 +156,15 @@ class Renderer:
         (G, 1). Each component's transform depends on k only through s = hlr²·kᵀCk, so the
         mixture is read from a table of s instead of evaluating one exponential per Gaussian.
         """
-        disk_frac, beta, disk_q, a_d, bulge_q, a_b = gal["galaxy_params"].unbind(-1)
+        p = GALAXY_PARAMS.by_name(gal["galaxy_params"].unbind(-1))
+        disk_frac, beta = p["disk_frac"], p["beta_radians"]
         g, mu = reduced_shear_and_magnification(gal["shear"], gal["convergence"])
         lens = _shear_matrix(g) * mu.sqrt()[..., None]  # (G, 2, 2) in (x, y)
         rot = _rotation(beta)
         total = torch.zeros((beta.shape[0], self.grid_h, self.kx.shape[0]), device=self.device)
         for frac, q, a, table in (
-            (disk_frac, disk_q, a_d, self._exp_table),
-            (1 - disk_frac, bulge_q, a_b, self._dev_table),
+            (disk_frac, p["disk_q"], p["a_d"], self._exp_table),
+            (1 - disk_frac, p["bulge_q"], p["a_b"], self._dev_table),
         ):
             hlr2 = (a / self.cfg.pixel_scale) ** 2 * q  # GalSim's hlr = sqrt(a·b), pixels²
             shape = rot @ torch.diag_embed(torch.stack([1 / q, q], -1))

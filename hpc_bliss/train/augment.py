@@ -12,6 +12,9 @@ import math
 
 import torch
 
+from hpc_bliss.io.schema import GALAXY_PARAMS
+
+_BETA = GALAXY_PARAMS.index("beta_radians")  #: the galaxy angle's position in galaxy_params
 _ONE_BELOW = 1.0 - 2.0**-24  # largest float32 below 1: a loc of 1 - 0 stays in its tile
 
 
@@ -26,7 +29,9 @@ def _flip(item: dict) -> dict:
     cat["locs"] = locs
     params = cat["galaxy_params"].clone()
     is_gal = cat["source_type"][..., 0] == 1
-    params[..., 1] = torch.where(is_gal, torch.remainder(math.pi - params[..., 1], math.pi), 0.0)
+    params[..., _BETA] = torch.where(
+        is_gal, torch.remainder(math.pi - params[..., _BETA], math.pi), 0.0
+    )
     cat["galaxy_params"] = params
     cat["shear"] = cat["shear"] * torch.tensor([1.0, -1.0])
     return item
@@ -43,8 +48,8 @@ def _rot90(item: dict) -> dict:
     cat["locs"] = torch.where(on[..., None], new, torch.zeros_like(new))
     params = cat["galaxy_params"].clone()
     is_gal = cat["source_type"][..., 0] == 1
-    beta = torch.remainder(params[..., 1] - math.pi / 2, math.pi)
-    params[..., 1] = torch.where(is_gal, beta, 0.0)
+    beta = torch.remainder(params[..., _BETA] - math.pi / 2, math.pi)
+    params[..., _BETA] = torch.where(is_gal, beta, 0.0)
     cat["galaxy_params"] = params
     cat["shear"] = -cat["shear"]
     return item
@@ -55,7 +60,7 @@ def augment(item: dict, generator: torch.Generator | None = None) -> dict:
     images = item["images"]
     if images.shape[-1] != images.shape[-2]:
         raise ValueError(f"augmentation needs square images, got {tuple(images.shape[-2:])}")
-    draw = torch.randint(0, 8, (1,), generator=generator).item()
+    draw = int(torch.randint(0, 8, (1,), generator=generator).item())
     if draw >= 4:
         item = _flip(item)
     for _ in range(draw % 4):

@@ -7,7 +7,8 @@ import pytorch_lightning as pl
 import torch
 
 from hpc_bliss.catalog import TileCatalog
-from hpc_bliss.model import Encoder, double_detection_nll, n_sources_accuracy
+from hpc_bliss.evaluate.metrics import TileCounts
+from hpc_bliss.model import Encoder, double_detection_nll
 
 
 class EncoderModule(pl.LightningModule):
@@ -25,7 +26,9 @@ class EncoderModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()  # plain numbers only: checkpoints load with weights_only
         self.encoder = Encoder(n_bands, tile_slen, hidden, n_blocks, border_tiles)
-        self.tile_slen = tile_slen
+        self.tile_slen, self.border_tiles = tile_slen, border_tiles
+        self.min_flux_threshold, self.learning_rate = min_flux_threshold, learning_rate
+        self.total_steps = total_steps
 
     def _catalog(self, batch: dict) -> TileCatalog:
         return TileCatalog(self.tile_slen, dict(batch["tile_catalog"]))
@@ -33,7 +36,7 @@ class EncoderModule(pl.LightningModule):
     def _loss(self, batch: dict) -> torch.Tensor:
         features = self.encoder(batch["images"])
         nll = double_detection_nll(
-            self.encoder, features, self._catalog(batch), self.hparams.min_flux_threshold
+            self.encoder, features, self._catalog(batch), self.min_flux_threshold
         )
         return nll.mean()
 
@@ -46,12 +49,13 @@ class EncoderModule(pl.LightningModule):
         n = batch["images"].shape[0]
         self.log("val/loss", self._loss(batch), prog_bar=True, sync_dist=True, batch_size=n)
         truth = self._catalog(batch)
-        if self.hparams.min_flux_threshold > 0:
-            truth = truth.filter_by_flux(self.hparams.min_flux_threshold)
+        if self.min_flux_threshold > 0:
+            truth = truth.filter_by_flux(self.min_flux_threshold)
         pred = self.encoder.sample(batch["images"], use_mode=True)
-        counts = n_sources_accuracy(pred, truth, self.hparams.border_tiles)
+        counts = TileCounts(max_count=0)  # the one count metric; no confusion matrix needed here
+        counts.update_catalogs(pred, truth, self.border_tiles)
         self._val_counts += torch.tensor(
-            [counts["correct"], counts["within1"], counts["total"]],
+            [counts.correct, counts.within1, counts.total],
             dtype=torch.float64,
             device=self._val_counts.device,
         )
@@ -71,10 +75,10 @@ class EncoderModule(pl.LightningModule):
             self.log("val/tiles", total, sync_dist=True)
 
     def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
+        opt = torch.optim.Adam(self.parameters(), lr=self.learning_rate)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(
             opt,
-            T_max=max(int(self.hparams.total_steps), 1),
-            eta_min=0.05 * self.hparams.learning_rate,
+            T_max=max(int(self.total_steps), 1),
+            eta_min=0.05 * self.learning_rate,
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -15,12 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from hpc_bliss.config import Config, config_hash, to_yaml
 from hpc_bliss.errors import ConfigError, HpcBlissError, ShardError
 from hpc_bliss.io.collective import (
-    COLLECTIVE,
     CollectiveWriter,
     layouts_for,
     require_parallel_h5py,
@@ -28,56 +26,51 @@ from hpc_bliss.io.collective import (
     split_sizes_for,
 )
 from hpc_bliss.io.manifest import (
-    DATASET,
+    COLLECTIVE,
     MANIFEST,
-    SPLITS,
-    read_manifest,
+    add_times,
+    collective_record,
+    make_manifest,
+    shard_file_record,
     shard_path,
     split_of,
-    write_json_atomic,
+    write_manifest,
     write_virtual_dataset,
 )
-from hpc_bliss.io.shards import (
-    CATALOG_SPEC,
-    ShardData,
-    content_sha256,
-    read_attrs,
-    validate_shard,
-    write_shard,
+from hpc_bliss.io.output import prepare_output
+from hpc_bliss.io.schema import CATALOG_DTYPES, ShardFailure, ShardRecord
+from hpc_bliss.io.shards import ShardData, read_attrs, validate_shard, write_shard
+from hpc_bliss.parallel.env import (
+    ProcessEnv,
+    detect,
+    pick_device,
+    single_process_note,
+    using_device,
 )
-from hpc_bliss.parallel.env import ProcessEnv, detect, pick_device, single_process_note
 from hpc_bliss.seeding import make_generator
-from hpc_bliss.simulate.batch import make_renderer
-from hpc_bliss.simulate.prior import sample_prior
+from hpc_bliss.simulate.batch import make_renderer, simulate_batch
 from hpc_bliss.simulate.render import Renderer
 
 
 def simulate_shard(cfg: Config, shard_id: int, renderer: Renderer) -> tuple[ShardData, dict]:
-    """Simulate one shard on the renderer's device; returns the data and seconds per phase."""
+    """Simulate one shard on the renderer's device (``generate.batch_size`` images at a time,
+    all from the shard's own random stream); returns the data and seconds per phase."""
     g = cfg.generate
-    device = renderer.device
-    gen = make_generator(cfg.seed, "shard", shard_id, device=device)
+    gen = make_generator(cfg.seed, "shard", shard_id, device=renderer.device)
     parts: list[dict[str, np.ndarray]] = []
     times = {"sample_s": 0.0, "render_s": 0.0}
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     done = 0
     while done < g.images_per_shard:
         n = min(g.batch_size, g.images_per_shard - done)
-        t0 = time.perf_counter()
-        catalog = sample_prior(cfg.prior, n, gen, device)
-        sync()
-        t1 = time.perf_counter()
-        batch = renderer.render(catalog, gen)
+        catalog, batch = simulate_batch(cfg, n, gen, renderer, times)
         part = {
             "images": batch.images.cpu().numpy(),
             "background": batch.background.float().cpu().numpy(),
             "psf_params": batch.psf_params.float().cpu().numpy(),
         }
-        for key, (dtype, _) in CATALOG_SPEC.items():
+        for key, dtype in CATALOG_DTYPES.items():
             part[key] = catalog[key].cpu().numpy().astype(dtype)
         parts.append(part)
-        times["sample_s"] += t1 - t0
-        times["render_s"] += time.perf_counter() - t1
         done += n
 
     def cat(key: str) -> np.ndarray:
@@ -87,65 +80,26 @@ def simulate_shard(cfg: Config, shard_id: int, renderer: Renderer) -> tuple[Shar
         images=cat("images"),
         background=cat("background"),
         psf_params=cat("psf_params"),
-        catalog={k: cat(k) for k in CATALOG_SPEC},
+        catalog={k: cat(k) for k in CATALOG_DTYPES},
         units=cfg.render.units,
     )
     return data, times
 
 
-def _owned_files(out: Path) -> list[Path]:
-    shards = out / "shards"
-    found = sorted(shards.glob("shard-*.h5")) + sorted(shards.glob("shard-*.h5.tmp"))
-    index = (out / MANIFEST, out / DATASET, out / COLLECTIVE, out / (COLLECTIVE + ".tmp"))
-    return found + [p for p in index if p.exists()]
-
-
-def prepare_output(out: Path, digest: str, overwrite: bool) -> None:
-    """Create ``out/shards``; refuse a directory holding another config's shards unless
-    ``overwrite`` (then remove the files a previous run wrote, and only those)."""
-    try:
-        (out / "shards").mkdir(parents=True, exist_ok=True)
-        probe = out / "shards" / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ShardError(f"cannot write to generate.output_dir={out}: {err.strerror}") from err
-    if overwrite:
-        for path in _owned_files(out):
-            path.unlink()
-        return
-    hashes: dict[str, str] = {}
-    if (out / MANIFEST).exists():
-        hashes[str(out / MANIFEST)] = read_manifest(out).get("config_hash", "?")
-    for path in sorted((out / "shards").glob("shard-*.h5")):
+def _prepare(cfg: Config, env: ProcessEnv, digest: str, overwrite: bool) -> None:
+    """Rank 0 prepares the output directory; every rank raises the same error if it fails."""
+    if cfg.generate.io == "mpio":
+        require_parallel_h5py()  # the same h5py everywhere: every rank raises together
+    error = None
+    if env.rank == 0:
         try:
-            hashes[str(path)] = read_attrs(path).get("config_hash", "?")
-        except ShardError:
-            continue  # unreadable shards are regenerated
-    other = {src: h for src, h in hashes.items() if h != digest}
-    if other:
-        src, h = next(iter(other.items()))
-        raise ConfigError(
-            f"generate.output_dir={out} holds data of config hash {h} ({src}), but this config's "
-            f"hash is {digest}: choose another generate.output_dir, or pass --overwrite to "
-            f"replace the {len(_owned_files(out))} files there"
-        )
-
-
-def _record(path: Path, attrs: dict, seconds: float) -> dict:
-    """The manifest entry of a written shard, from its root attributes."""
-    return {
-        "id": int(attrs["shard_id"]),
-        "file": f"shards/{path.name}",
-        "split": attrs["split"],
-        "n_images": int(attrs["n_images"]),
-        "bytes": path.stat().st_size,
-        "content_sha256": attrs["content_sha256"],
-        "rank": int(attrs["rank"]),
-        "host": attrs["host"],
-        "device": attrs["device"],
-        "seconds": round(seconds, 3),
-    }
+            prepare_output(Path(cfg.generate.output_dir), digest, overwrite)
+        except HpcBlissError as err:
+            error = (type(err).__name__, str(err))
+    error = env.bcast(error)
+    if error:
+        raise (ConfigError if error[0] == "ConfigError" else ShardError)(error[1])
+    env.barrier()
 
 
 def generate(
@@ -165,30 +119,21 @@ def generate(
     g = cfg.generate
     out = Path(g.output_dir)
     digest = config_hash(cfg)
-    if g.io == "mpio":
-        require_parallel_h5py()  # the same h5py everywhere: every rank raises together
-    error = None
-    if env.rank == 0:
-        try:
-            prepare_output(out, digest, overwrite)
-        except HpcBlissError as err:
-            error = (type(err).__name__, str(err))
-    error = env.bcast(error)
-    if error:
-        raise (ConfigError if error[0] == "ConfigError" else ShardError)(error[1])
-    env.barrier()
-
+    _prepare(cfg, env, digest, overwrite)
     device = pick_device(g.device, env)
-    run = _ShardRun(cfg, env, make_renderer(cfg, device), digest, overwrite, log)
-    log(f"{run.tag} {len(run.mine)} of {g.n_shards} shards × {g.images_per_shard} images → {out}")
-    if g.io == "mpio":
-        sizes = split_sizes_for(g.n_shards, list(g.split), g.images_per_shard)
-        attrs = {"config_hash": digest, "config_yaml": to_yaml(cfg), "n_shards": g.n_shards}
-        # collective open and close; every rank writes its own rows in between
-        with CollectiveWriter(out / COLLECTIVE, env.comm, sizes, layouts_for(cfg), attrs) as w:
-            run.all(w)
-    else:
-        run.all(None)
+    with using_device(device, env):
+        run = _ShardRun(cfg, env, make_renderer(cfg, device), digest, overwrite, log)
+        shards = f"{len(run.mine)} of {g.n_shards} shards × {g.images_per_shard} images"
+        log(f"{run.tag} {shards} → {out}")
+        if g.io == "mpio":
+            sizes = split_sizes_for(g.n_shards, list(g.split), g.images_per_shard)
+            attrs = {"config_hash": digest, "config_yaml": to_yaml(cfg), "n_shards": g.n_shards}
+            # collective open and close; every rank writes its own rows in between
+            layouts = layouts_for(cfg)
+            with CollectiveWriter(out / COLLECTIVE, env.comm, sizes, layouts, attrs) as w:
+                run.all(w)
+        else:
+            run.all(None)
     gathered = env.gather(
         (run.records, run.failures, run.made, run.elapsed(), socket.gethostname())
     )
@@ -219,8 +164,8 @@ class _ShardRun:
         self.tag = (
             f"[generate rank {env.rank}/{env.world} {socket.gethostname()} {renderer.device}]"
         )
-        self.records: list[dict] = []
-        self.failures: list[dict] = []
+        self.records: list[ShardRecord] = []
+        self.failures: list[ShardFailure] = []
         self.made = 0
         self.t_start = time.perf_counter()
 
@@ -239,9 +184,29 @@ class _ShardRun:
         if problems:
             self.log(f"{self.tag} shard {sid:06d}: {problems[0]}; regenerating")
             return False
-        self.records.append(_record(path, read_attrs(path), 0.0))
+        self.records.append(shard_file_record(path, read_attrs(path)))
         self.log(f"{self.tag} shard {sid:06d} ({i}/{len(self.mine)}) exists and is valid: skipped")
         return True
+
+    def _write(
+        self, sid: int, split: str, path: Path, data: ShardData, writer: CollectiveWriter | None
+    ) -> ShardRecord:
+        """Write a shard to its own file, or its rows to the collective file; its record."""
+        cfg, g = self.cfg, self.cfg.generate
+        if writer is None:
+            attrs = {
+                "shard_id": sid,
+                "split": split,
+                "seed": cfg.seed,
+                "config_yaml": to_yaml(cfg),
+                "config_hash": self.digest,
+                "rank": self.env.rank,
+                "device": str(self.renderer.device),
+            }
+            return shard_file_record(path, write_shard(path, data, attrs, g.compression))
+        _, offset = shard_offset(sid, g.n_shards, list(g.split), g.images_per_shard)
+        writer.write_shard(split, offset, sid, data)
+        return collective_record(sid, split, offset, data, self.env.rank, str(self.renderer.device))
 
     def one(self, i: int, sid: int, writer: CollectiveWriter | None) -> None:
         cfg, g = self.cfg, self.cfg.generate
@@ -253,32 +218,7 @@ class _ShardRun:
         try:
             data, times = simulate_shard(cfg, sid, self.renderer)
             t1 = time.perf_counter()
-            if writer is None:
-                attrs = {
-                    "shard_id": sid,
-                    "split": split,
-                    "seed": cfg.seed,
-                    "config_yaml": to_yaml(cfg),
-                    "config_hash": self.digest,
-                    "rank": self.env.rank,
-                    "device": str(self.renderer.device),
-                }
-                record = _record(path, write_shard(path, data, attrs, g.compression), 0.0)
-            else:
-                _, offset = shard_offset(sid, g.n_shards, list(g.split), g.images_per_shard)
-                writer.write_shard(split, offset, sid, data)
-                record = {
-                    "id": sid,
-                    "file": COLLECTIVE,
-                    "split": split,
-                    "offset": offset,
-                    "n_images": data.n_images,
-                    "bytes": sum(a.nbytes for _, a in data.datasets()),
-                    "content_sha256": content_sha256(data.datasets()),
-                    "rank": self.env.rank,
-                    "host": socket.gethostname(),
-                    "device": str(self.renderer.device),
-                }
+            record = self._write(sid, split, path, data, writer)
             times["write_s"] = time.perf_counter() - t1
         except Exception as err:  # noqa: BLE001 - report the shard, keep going
             error = f"{type(err).__name__}: {err}"
@@ -286,9 +226,7 @@ class _ShardRun:
             self.log(f"{self.tag} shard {sid:06d} FAILED: {error}")
             return
         seconds = time.perf_counter() - t0
-        record["seconds"] = round(seconds, 3)
-        record.update({k: round(v, 3) for k, v in times.items()})
-        self.records.append(record)
+        self.records.append(add_times(record, seconds, times))
         self.made += data.n_images
         self.log(
             f"{self.tag} shard {sid:06d} ({i}/{len(self.mine)}, {split}) {data.n_images} images "
@@ -299,23 +237,19 @@ class _ShardRun:
 def _finish(cfg: Config, out: Path, digest: str, gathered: list, log) -> int:
     records = sorted((r for part in gathered for r in part[0]), key=lambda r: r["id"])
     failures = sorted((f for part in gathered for f in part[1]), key=lambda f: f["id"])
-    done_ids = {r["id"] for r in records}
-    missing = [sid for sid in range(cfg.generate.n_shards) if sid not in done_ids]
-    manifest = {
-        "schema_version": 1,
-        "config_hash": digest,
-        "config_yaml": to_yaml(cfg),
-        "n_shards": cfg.generate.n_shards,
-        "images_per_shard": cfg.generate.images_per_shard,
-        "splits": {s: [r["id"] for r in records if r["split"] == s] for s in SPLITS},
-        "images": {s: sum(r["n_images"] for r in records if r["split"] == s) for s in SPLITS},
-        "shards": records,
-        "missing": missing,
-        "failures": failures,
-        "ranks": len(gathered),
-    }
-    manifest["io"] = cfg.generate.io
-    write_json_atomic(out / MANIFEST, manifest)
+    g = cfg.generate
+    manifest = make_manifest(
+        digest,
+        to_yaml(cfg),
+        g.n_shards,
+        g.images_per_shard,
+        records,
+        failures,
+        ranks=len(gathered),
+        io=g.io,
+    )
+    write_manifest(out, manifest)
+    missing = manifest["missing"]
     if records and cfg.generate.io == "files":
         write_virtual_dataset(
             out,

@@ -26,7 +26,7 @@ from pytorch_lightning.plugins.environments import (
 )
 
 from hpc_bliss.config import Config
-from hpc_bliss.errors import ConfigError, LaunchError
+from hpc_bliss.errors import ConfigError, LaunchError, ShardError
 from hpc_bliss.io.manifest import read_manifest
 from hpc_bliss.parallel.env import mpi_problem, under_mpi_launcher
 from hpc_bliss.train.data import ShardDataModule
@@ -107,11 +107,16 @@ def build_trainer(cfg: Config, total_steps: int) -> pl.Trainer:
 
 def train(cfg: Config) -> dict:
     """Fit the encoder; returns the checkpoint paths, the global step and the last val metrics."""
+    with warnings.catch_warnings():  # for this call only
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning-internal
+        return _train(cfg)
+
+
+def _train(cfg: Config) -> dict:
     t = cfg.train
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning-internal deprecation
     try:
         manifest = read_manifest(Path(t.data_dir))
-    except FileNotFoundError as err:
+    except ShardError as err:
         raise ConfigError(f"train.data_dir: {err}") from err
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = ShardDataModule(t)
@@ -124,7 +129,7 @@ def train(cfg: Config) -> dict:
         tile_slen=data.tile_slen,
         hidden=t.hidden,
         n_blocks=t.n_blocks,
-        border_tiles=cfg.evaluate.border_tiles,
+        border_tiles=t.border_tiles,
         learning_rate=t.learning_rate,
         min_flux_threshold=t.min_flux_threshold,
         total_steps=max(1, math.ceil(total)),
@@ -143,3 +148,18 @@ def train(cfg: Config) -> dict:
         "world_size": trainer.world_size,
         "host": socket.gethostname(),
     }
+
+
+def run(cfg: Config) -> int:
+    """`hpc-bliss train`: train, then rank 0 prints the last validation numbers and where the
+    checkpoints are."""
+    result = train(cfg)
+    if result["rank"] == 0:
+        m = result["metrics"]
+        acc = m.get("val/n_sources_accuracy")
+        print(
+            f"[train] step {result['global_step']}: val loss {m.get('val/loss', float('nan')):.4f}"
+            + (f", val n_sources accuracy {acc:.4f}" if acc is not None else "")
+        )
+        print(f"[train] checkpoints: {result['best'] or '-'} (best), {result['last']} (last)")
+    return 0

@@ -1,0 +1,146 @@
+"""The `evaluate` stage: the encoder (posterior mode), SEP and "always the most frequent count"
+on the test split's shards, interior tiles only, written as report.json / report.md / PNGs.
+
+Ranks (mpirun/srun) split the test shards; every number is a sum of counts, gathered and added
+on rank 0, so 2 processes give exactly the result of 1.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from hpc_bliss.config import Config, to_yaml
+from hpc_bliss.errors import ConfigError
+from hpc_bliss.evaluate.scoring import (
+    Accumulator,
+    BatchScorer,
+    Report,
+    headline_lines,
+    report_sections,
+)
+from hpc_bliss.io.reader import ShardDataset
+from hpc_bliss.parallel.env import (
+    ProcessEnv,
+    detect,
+    pick_device,
+    single_process_note,
+    using_device,
+)
+from hpc_bliss.train.checkpoint import load_encoder
+
+BATCH = 32  #: images scored at once
+
+
+def checkpoint_path(configured: str, log: Callable[[str], None]) -> Path:
+    """``evaluate.checkpoint``; where it is a best.ckpt that training never wrote (no
+    validation ran), the last.ckpt beside it, saying so."""
+    path = Path(configured)
+    last = path.with_name("last.ckpt")
+    if path.name == "best.ckpt" and not path.exists() and last.is_file():
+        log(f"[evaluate] no {path}: scoring {last}")
+        return last
+    return path
+
+
+def check_compatible(cfg: Config, data: ShardDataset, hp: dict, checkpoint: str | Path) -> None:
+    """Refuse to score when the config's prior, the data and the checkpoint disagree on the
+    bands, the tile size or the image size, naming both sides."""
+
+    def shape(bands: list, tile: int, h: int, w: int) -> str:
+        return f"{len(bands)} bands {list(bands)}, {tile}-px tiles, {h}×{w} px images"
+
+    p = cfg.prior
+    prior = OmegaConf.create(data.config_yaml).prior
+    mine = shape(list(p.bands), p.tile_slen, p.image_height, p.image_width)
+    theirs = shape(list(prior.bands), prior.tile_slen, prior.image_height, prior.image_width)
+    if mine != theirs:
+        raise ConfigError(
+            f"evaluate: the config's prior ({mine}) does not match the data in "
+            f"{data.data_dir} ({theirs}); evaluate with the config the data was generated with"
+        )
+    if (hp["n_bands"], hp["tile_slen"]) != (len(prior.bands), prior.tile_slen):
+        raise ConfigError(
+            f"evaluate: checkpoint {checkpoint} was trained on {hp['n_bands']} bands and "
+            f"{hp['tile_slen']}-px tiles; the data in {data.data_dir} has {theirs}"
+        )
+
+
+def _score_shards(
+    data: ShardDataset, mine: list[int], scorer: BatchScorer, encoder, device, acc, log, tag
+) -> None:
+    for k in mine:
+        rows = list(range(data.starts[k], data.starts[k + 1]))
+        for lo in range(0, len(rows), BATCH):
+            items = [data[i] for i in rows[lo : lo + BATCH]]
+            images = torch.stack([it["images"] for it in items])
+            background = torch.stack([it["background"] for it in items])
+            with torch.no_grad():
+                pred = encoder.sample(images.to(device), use_mode=True).to("cpu")
+            acc.add(scorer, images, background, data.to_tile_catalog(items), pred)
+        log(f"{tag} shard {data.shard_ids[k]:06d} done")
+
+
+def evaluate(
+    cfg: Config,
+    env: ProcessEnv | None = None,
+    log: Callable[[str], None] = print,
+) -> Report | None:
+    """Evaluate ``evaluate.checkpoint`` on ``evaluate.data_dir``'s test split; rank 0 writes the
+    report to ``evaluate.output_dir`` and returns it (other ranks return None)."""
+    from hpc_bliss.evaluate.report import write_report
+
+    env = env or detect()
+    if env.comm is None:
+        log(f"[evaluate] {single_process_note()}")
+    e = cfg.evaluate
+    device = pick_device(e.device, env)
+    checkpoint = checkpoint_path(e.checkpoint, log)
+    with using_device(device, env):
+        encoder, hp = load_encoder(checkpoint, device)
+        data = ShardDataset(e.data_dir, "test")
+        check_compatible(cfg, data, hp, checkpoint)
+        scorer = BatchScorer(
+            border=int(e.border_tiles),
+            min_flux=float(hp["min_flux_threshold"]),
+            tile_slen=data.tile_slen,
+            nelec_per_nmgy=list(cfg.render.nelec_per_nmgy),
+            sep_threshold=float(e.sep_threshold),
+            match_slack=float(e.match_slack),
+        )
+        acc = Accumulator(max_count=cfg.prior.max_sources, n_bands=len(data.bands))
+        mine = list(range(env.rank, len(data.shard_ids), env.world))
+        tag = f"[evaluate rank {env.rank}/{env.world} {socket.gethostname()}]"
+        t0 = time.perf_counter()
+        _score_shards(data, mine, scorer, encoder, device, acc, log, tag)
+    gathered = env.gather((acc.to_dict(), data.shard_ids, acc.example))
+    if env.rank != 0:
+        return None
+    assert gathered is not None
+    merged = Accumulator.merged([g[0] for g in gathered])
+    sections = report_sections(merged)
+    report = Report(
+        encoder=sections["encoder"],
+        sep=sections["sep"],
+        most_frequent=sections["most_frequent"],
+        encoder_unfiltered_truth=sections["encoder_unfiltered_truth"],
+        n_tiles=sections["n_tiles"],
+        min_flux_threshold=scorer.min_flux,
+        border_tiles=scorer.border,
+        test_shards=sorted(data.shard_ids),
+        processes=len(gathered),
+        checkpoint=str(checkpoint),
+        seconds=round(time.perf_counter() - t0, 2),
+        config=to_yaml(cfg),
+    )
+    example = next(g[2] for g in gathered if g[2] is not None)
+    paths = write_report(report, merged, example, Path(e.output_dir), list(data.bands))
+    for line in headline_lines(report):
+        log(line)
+    log(f"[evaluate] report: {', '.join(str(p) for p in paths)}")
+    return report
