@@ -101,3 +101,33 @@ def test_a_bad_value_is_blamed_on_where_it_came_from(tmp_path):
     path = _write(tmp_path, "prior:\n  mean_sources: -2\n")
     with pytest.raises(ConfigError, match=f"^{path}: key 'prior.mean_sources' = -2.0"):
         load_config(path, ["seed=3"])
+
+
+def test_readme_config_table_is_the_script_output():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "config_reference.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert run.stdout.strip() and run.stdout.strip() in (ROOT / "README.md").read_text()
+
+
+def test_wiring_follows_by_interpolation():
+    cfg = load_config(CONFIGS / "smoke.yaml", ["generate.output_dir=/d", "train.output_dir=/t"])
+    assert cfg.train.data_dir == cfg.evaluate.data_dir == "/d"
+    assert cfg.evaluate.checkpoint == "/t/checkpoints/best.ckpt"
+    assert cfg.train.border_tiles == cfg.evaluate.border_tiles
+    mine = load_config(CONFIGS / "smoke.yaml", ["generate.output_dir=/d", "train.data_dir=/x"])
+    assert mine.train.data_dir == "/x" and mine.evaluate.data_dir == "/d"
+
+
+def test_a_fixed_choice_lists_the_choices():
+    with pytest.raises(ConfigError, match=r"render.units.*'nmgy', 'nmgy_sky', 'electrons'"):
+        load_config(CONFIGS / "smoke.yaml", ["render.units=adu"])

@@ -156,3 +156,23 @@ def test_a_checkpoint_that_does_not_match_the_data_is_refused(trained, tmp_path)
     cfg = load_config(CONFIGS / "smoke.yaml", [*overrides, f"evaluate.checkpoint={other}"])
     with pytest.raises(ConfigError, match=f"checkpoint {other} was trained on .* 4-px tiles"):
         evaluate(cfg, log=lambda s: None)
+
+
+def test_the_default_checkpoint_is_the_best_else_the_last(trained, tmp_path):
+    import shutil
+
+    root, overrides = trained
+    ckpt = Path(overrides[-1].split("=", 1)[1])
+    only_last = tmp_path / "train" / "checkpoints"
+    only_last.mkdir(parents=True)
+    shutil.copy(ckpt.with_name("last.ckpt"), only_last / "last.ckpt")
+    wired = [o for o in overrides if not o.startswith(("evaluate.checkpoint=", "train.output"))]
+    cfg = load_config(
+        CONFIGS / "smoke.yaml",
+        [*wired, f"train.output_dir={tmp_path / 'train'}", f"evaluate.output_dir={tmp_path / 'e'}"],
+    )
+    assert cfg.evaluate.checkpoint == str(only_last / "best.ckpt")
+    lines: list[str] = []
+    report = evaluate(cfg, log=lines.append)
+    assert report is not None and report["checkpoint"] == str(only_last / "last.ckpt")
+    assert f"[evaluate] no {only_last / 'best.ckpt'}: scoring {only_last / 'last.ckpt'}" in lines

@@ -176,7 +176,7 @@ class EvaluateConfig:
     """Evaluation on held-out shards."""
 
     data_dir: str = II("generate.output_dir")  #: shards whose test split is scored
-    checkpoint: str = "${train.output_dir}/checkpoints/best.ckpt"  #: (no best.ckpt: last.ckpt)
+    checkpoint: str = "${train.output_dir}/checkpoints/best.ckpt"  #: scored (else last.ckpt)
     output_dir: str = "runs/evaluate"
     border_tiles: int = 1  #: tiles dropped on each side before scoring
     match_slack: float = 1.0  #: pixels: a prediction within this distance may match a truth
