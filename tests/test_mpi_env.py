@@ -82,10 +82,14 @@ def test_the_site_mpi_wins_where_there_is_one():
     the system libmpi and the venv holds no pip MPI; without one, the venv's pip Open MPI."""
     from tests.mpi_utils import MPI_ENV, mpirun
 
+    # rank 0 prints every rank's libraries in one line (two ranks' prints may interleave)
     probe = (
+        "import json\n"
         "from mpi4py import MPI\n"
-        "libs = {l.split()[-1] for l in open('/proc/self/maps') if 'libmpi.so' in l}\n"
-        "print(MPI.COMM_WORLD.Get_size(), *sorted(libs))\n"
+        "libs = sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libmpi.so' in l})\n"
+        "ranks = MPI.COMM_WORLD.gather(libs, root=0)\n"
+        "if MPI.COMM_WORLD.Get_rank() == 0:\n"
+        "    print('loaded:', json.dumps(ranks), flush=True)\n"
     )
     res = subprocess.run(
         [*mpirun(2), sys.executable, "-c", probe],
@@ -95,9 +99,12 @@ def test_the_site_mpi_wins_where_there_is_one():
         timeout=120,
     )
     assert res.returncode == 0, res.stderr[-2000:]
-    lines = res.stdout.strip().splitlines()
-    assert len(lines) == 2 and all(line.startswith("2 /") for line in lines), lines
-    loaded = lines[0].split()[1:]
+    # only the probe's line: an MPI may print notices of its own on stdout
+    lines = [line for line in res.stdout.splitlines() if line.startswith("loaded: ")]
+    assert len(lines) == 1, res.stdout
+    ranks = json.loads(lines[0][len("loaded: ") :])
+    assert len(ranks) == 2 and ranks[0] == ranks[1] and ranks[0], ranks
+    loaded = ranks[0]
     in_venv = [p for p in loaded if p.startswith(sys.prefix)]
     pip_mpi = (
         subprocess.run(
