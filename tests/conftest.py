@@ -1,11 +1,25 @@
 """Shared fixtures: paths to the shipped configs."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
+
+
+def script_output(name: str) -> str:
+    """What ``scripts/NAME`` prints (the README holds the output of the reference scripts)."""
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return run.stdout
 
 
 @pytest.fixture

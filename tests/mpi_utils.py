@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from hpc_bliss.parallel.env import mpi_problem, mpirun_command
+from hpc_bliss.parallel.env import mpi_problem, mpirun_prefix
 from tests.conftest import ROOT
 
 #: mpirun as root needs these two (Open MPI); PYTHONPATH lets a driver script import tests.*
@@ -27,12 +27,10 @@ PARALLEL_H5PY_HINT = (
 def mpirun(n: int) -> list[str]:
     """``[mpirun, -n, N]``; fails (does not skip) where no MPI is usable: scripts/setup_venv.sh
     installs one from pip wherever there is no system MPI."""
-    problem = mpi_problem()
-    command = mpirun_command()
-    if problem or command is None:
+    prefix = mpirun_prefix(n)
+    if prefix is None:
         pytest.fail(
-            f"no usable MPI ({problem or 'no mpirun'}); scripts/setup_venv.sh installs Open MPI "
-            "from pip where there is no system MPI"
+            f"no usable MPI ({mpi_problem() or 'no mpirun'}); scripts/setup_venv.sh installs "
+            "Open MPI from pip where there is no system MPI"
         )
-    extra = ["--oversubscribe"] if n > (os.cpu_count() or 1) else []
-    return [command, "-n", str(n), *extra]
+    return prefix

@@ -104,19 +104,10 @@ def test_a_bad_value_is_blamed_on_where_it_came_from(tmp_path):
 
 
 def test_readme_config_table_is_the_script_output():
-    import subprocess
-    import sys
+    from tests.conftest import ROOT, script_output
 
-    from tests.conftest import ROOT
-
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "config_reference.py")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert run.stdout.strip() and run.stdout.strip() in (ROOT / "README.md").read_text()
+    out = script_output("config_reference.py")
+    assert out.strip() and out.strip() in (ROOT / "README.md").read_text()
 
 
 def test_wiring_follows_by_interpolation():

@@ -39,7 +39,7 @@ from hpc_bliss.io.schema import (
     shape_of,
 )
 from hpc_bliss.io.shards import ShardData, read_attrs, validate_shard, write_shard
-from tests.conftest import ROOT
+from tests.conftest import ROOT, script_output
 
 #: 2 bands, 4×6 pixels in 2×3 tiles of 2 px, 2 sources per tile
 CFG = SimpleNamespace(
@@ -169,16 +169,10 @@ def test_validate_names_a_wrong_dtype(tmp_path):
 
 
 def test_readme_tables_are_the_script_output():
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "schema_reference.py")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    out = script_output("schema_reference.py")
     readme = (ROOT / "README.md").read_text()
     assert f"### The HDF5 shard schema (version {SCHEMA_VERSION})" in readme
-    assert run.stdout.strip() and run.stdout in readme
+    assert out.strip() and out in readme
 
 
 def test_galaxy_param_table():

@@ -167,28 +167,45 @@ def headline(tiles: dict, det: dict) -> Headline:
     )
 
 
-def report_sections(merged: dict) -> dict[str, Any]:
-    """The scores of the report: encoder, SEP, the most frequent count, and the encoder
-    against unfiltered truth."""
+def make_report(
+    merged: dict,
+    *,
+    min_flux_threshold: float,
+    border_tiles: int,
+    test_shards: list[int],
+    processes: int,
+    checkpoint: str,
+    seconds: float,
+    config: str,
+) -> Report:
+    """report.json from the merged counts: the scores (encoder, SEP, the most frequent count,
+    the encoder against unfiltered truth) and how they were obtained."""
     enc_tiles, sep_tiles = merged["encoder_tiles"].metrics(), merged["sep_tiles"].metrics()
     enc_det, sep_det = merged["encoder_detection"].metrics(), merged["sep_detection"].metrics()
     mode, mode_rate = merged["encoder_tiles"].most_frequent()
     unfiltered = merged["encoder_tiles_unfiltered"].metrics()
-    return {
-        "encoder": {
+    return Report(
+        encoder={
             **headline(enc_tiles, enc_det),
             "detection": enc_det,
             "confusion": enc_tiles["confusion"],
         },
-        "sep": {
+        sep={
             **headline(sep_tiles, sep_det),
             "detection": sep_det,
             "confusion": sep_tiles["confusion"],
         },
-        "most_frequent": MostFrequent(count=mode, n_sources_accuracy=mode_rate),
-        "encoder_unfiltered_truth": {k: v for k, v in unfiltered.items() if k != "confusion"},
-        "n_tiles": enc_tiles["n_tiles"],
-    }
+        most_frequent=MostFrequent(count=mode, n_sources_accuracy=mode_rate),
+        encoder_unfiltered_truth={k: v for k, v in unfiltered.items() if k != "confusion"},
+        n_tiles=enc_tiles["n_tiles"],
+        min_flux_threshold=min_flux_threshold,
+        border_tiles=border_tiles,
+        test_shards=test_shards,
+        processes=processes,
+        checkpoint=checkpoint,
+        seconds=seconds,
+        config=config,
+    )
 
 
 def headline_lines(report: Report) -> list[str]:

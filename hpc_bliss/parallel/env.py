@@ -122,6 +122,16 @@ def mpirun_command() -> str | None:
     return shutil.which("mpirun")
 
 
+def mpirun_prefix(processes: int) -> list[str] | None:
+    """``[mpirun, -n, N]`` (plus ``--oversubscribe`` for more ranks than cores) with the
+    ``mpirun`` that matches mpi4py's MPI; None where no MPI is usable here."""
+    command = mpirun_command()
+    if mpi_problem() or command is None:
+        return None
+    extra = ["--oversubscribe"] if processes > (os.cpu_count() or 1) else []
+    return [command, "-n", str(processes), *extra]
+
+
 def single_process_note() -> str:
     """One line saying why this process runs alone (printed by generate and evaluate)."""
     problem = mpi_problem()

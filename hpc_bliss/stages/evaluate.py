@@ -22,7 +22,7 @@ from hpc_bliss.evaluate.scoring import (
     BatchScorer,
     Report,
     headline_lines,
-    report_sections,
+    make_report,
 )
 from hpc_bliss.io.reader import ShardDataset
 from hpc_bliss.parallel.env import (
@@ -123,13 +123,8 @@ def evaluate(
         return None
     assert gathered is not None
     merged = Accumulator.merged([g[0] for g in gathered])
-    sections = report_sections(merged)
-    report = Report(
-        encoder=sections["encoder"],
-        sep=sections["sep"],
-        most_frequent=sections["most_frequent"],
-        encoder_unfiltered_truth=sections["encoder_unfiltered_truth"],
-        n_tiles=sections["n_tiles"],
+    report = make_report(
+        merged,
         min_flux_threshold=scorer.min_flux,
         border_tiles=scorer.border,
         test_shards=sorted(data.shard_ids),

@@ -20,7 +20,7 @@ import torch
 
 from hpc_bliss.config import Config
 from hpc_bliss.errors import LaunchError
-from hpc_bliss.parallel.env import mpi_problem, mpirun_command
+from hpc_bliss.parallel.env import mpi_problem, mpirun_prefix
 
 
 def local_mpirun(processes: int) -> list[str] | None:
@@ -28,14 +28,11 @@ def local_mpirun(processes: int) -> list[str] | None:
     (after one line saying why the MPI stages run as one process)."""
     if processes < 2:
         return None
-    problem = mpi_problem()
-    mpirun = mpirun_command()
-    if problem or mpirun is None:
-        why = problem or "no mpirun found (on PATH or beside this Python)"
+    prefix = mpirun_prefix(processes)
+    if prefix is None:
+        why = mpi_problem() or "no mpirun found (on PATH or beside this Python)"
         print(f"[pipeline] MPI is not available ({why}): generate and evaluate run as 1 process")
-        return None
-    extra = ["--oversubscribe"] if processes > (os.cpu_count() or 1) else []
-    return [mpirun, "-n", str(processes), *extra]
+    return prefix
 
 
 def _run_stage(name: str, cmd: list[str]) -> None:
