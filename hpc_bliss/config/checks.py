@@ -88,6 +88,8 @@ def check_generate(g: Any) -> None:
     ok = len(g.split) == 3 and all(f >= 0 for f in g.split) and math.isclose(sum(g.split), 1.0)
     expected = "three fractions (train, val, test) ≥ 0 summing to 1"
     require(ok, "generate.split", expected, list(g.split))
+    timeout = g.claim_timeout_minutes
+    require(timeout > 0, "generate.claim_timeout_minutes", "> 0 minutes", timeout)
 
 
 def check_evaluate(e: Any) -> None:

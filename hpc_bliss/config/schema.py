@@ -145,6 +145,7 @@ class GenerateConfig:
     device: str = "auto"  #: "auto" (cuda:local_rank if present, else cpu), "cpu" or "cuda"
     io: Literal["files", "mpio"] = "files"  #: a file per shard + dataset.h5, or one collective file
     compression: Literal["gzip", "none"] = "gzip"  #: shard tile catalogs: gzip level 1, or none
+    claim_timeout_minutes: float = 60.0  #: a claim this old, whose job is gone, is taken over
 
 
 @dataclass
@@ -168,6 +169,7 @@ class TrainConfig:
     num_workers: int = -1  #: DataLoader workers per process (-1: 2 where the cores allow)
     checkpoint_every_steps: int = 200  #: also write last.ckpt this often (preemption safety)
     record_items: bool = False  #: write items/rank-R.json: the images each rank read per epoch
+    on_bad_shard: Literal["fail", "skip"] = "fail"  #: a corrupt shard: stop, or leave it out
     border_tiles: int = II("evaluate.border_tiles")  #: tiles left out of validation accuracy
 
 
