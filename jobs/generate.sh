@@ -1,6 +1,9 @@
 #!/bin/bash
-# Simulate a BLISS data set on SLURM: `hpc-bliss generate` with one MPI rank per task
-# (rank r of W writes shards r, r+W, ...; rank 0 writes manifest.json and dataset.h5).
+# Simulate a BLISS data set on SLURM: `hpc-bliss generate` with one MPI rank per task.
+# Every rank is a writer: it claims a shard before making it (claims/ in the output directory),
+# starting with shards r, r+W, ... and then helping with any shard nobody holds; the writer
+# that finishes last writes manifest.json and dataset.h5. So any number of jobs may write one
+# output directory at once: a job array, a resubmit, a rerun while an old job still runs.
 #
 # Submit from the repository root on a login node (the job runs in the submit directory):
 #
@@ -9,6 +12,14 @@
 #   sbatch jobs/generate.sh                                   # configs/m2.yaml, as configured
 #   HPC_BLISS_CONFIG=configs/smoke.yaml sbatch jobs/generate.sh generate.output_dir=/scratch/d
 #   sbatch -p gpu -A myproj --nodes=4 --gpus-per-task=1 jobs/generate.sh generate.n_shards=512
+#
+# As a job array, each task is one writer (--ntasks-per-node=1) or an MPI job of its own:
+#   sbatch --array=0-15 --ntasks-per-node=1 jobs/generate.sh generate.n_shards=512
+#   sbatch --array=0-3 jobs/generate.sh generate.n_shards=512    # 4 tasks × 2 ranks
+# Task i of T starts on shards i·W+r, ... of the T·W writers; the data are the same bytes
+# whatever the mix of tasks and ranks. A writer that dies leaves a claim that another takes
+# over: at once on the same host, else after generate.claim_timeout_minutes once squeue no
+# longer lists its job.
 #
 # Nothing site-specific is written here. Partition, account and QOS come from sbatch itself:
 # the command line (-p/--partition, -A/--account, -q/--qos) or sbatch's environment variables

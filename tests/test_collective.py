@@ -117,7 +117,7 @@ def test_layouts_for_matches_a_simulated_shard():
 
     from hpc_bliss.config import load_config
     from hpc_bliss.simulate.batch import make_renderer
-    from hpc_bliss.stages.generate import simulate_shard
+    from hpc_bliss.stages.shard_writer import simulate_shard
 
     cfg = load_config(
         CONFIGS / "smoke.yaml", ["generate.images_per_shard=1", "generate.batch_size=1"]

@@ -64,8 +64,13 @@ def split_of(shard_id: int, n_shards: int, fractions: list[float]) -> str:
     return "val" if shard_id < counts["train"] + counts["val"] else "test"
 
 
+def private_tmp(path: Path) -> Path:
+    """A temporary name beside ``path`` that no other writer (host, pid) uses."""
+    return path.with_name(f"{path.name}.tmp.{socket.gethostname()}.{os.getpid()}")
+
+
 def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = private_tmp(path)
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
@@ -180,11 +185,12 @@ def add_times(record: ShardRecord, seconds: float, phases: Mapping[str, float]) 
 
 def write_virtual_dataset(out_dir: Path, shards: list[ShardRecord], attrs: dict) -> Path:
     """dataset.h5 over the shards listed (records with id, file, split, n_images), written to
-    a temporary name and renamed: every dataset of the schema, in its dtype, with the shapes
+    a temporary name of its own and renamed (so writers that finish together may both write
+    it: the bytes are the same): every dataset of the schema, in its dtype, with the shapes
     and units of the split's first shard. Source paths are relative to ``out_dir``."""
     out_dir = Path(out_dir)
     path = out_dir / DATASET
-    tmp = out_dir / (DATASET + ".tmp")
+    tmp = private_tmp(path)
     with h5py.File(tmp, "w") as f:
         for key, value in attrs.items():
             f.attrs[key] = value
