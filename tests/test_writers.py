@@ -171,3 +171,18 @@ def test_kill_9_mid_shard_the_other_writer_takes_over(tmp_path):
     assert "took over pid" in log and "no longer running" in log, log
     _same(out, ref)
     assert not list((out / "shards").glob("*.tmp*"))
+
+
+def test_ranks_per_node_do_not_change_the_bytes(tmp_path):
+    """On this 2-core machine one rank per node used to render with 2 torch threads and two
+    ranks with 1 each; shard 4 then differed in one pixel (a matrix product summed in another
+    order, a Poisson draw at a rate one ulp apart). generate.cpu_threads fixes the count."""
+    from hpc_bliss.parallel.env import ProcessEnv
+
+    runs = {}
+    for local_world in (1, 2):
+        out = tmp_path / f"local-{local_world}"
+        env = ProcessEnv(0, 1, 0, local_world)
+        assert generate(_cfg(out, "generate.n_shards=8"), env=env, log=lambda s: None) == 0
+        runs[local_world] = _hashes(out)
+    assert runs[1] == runs[2]

@@ -90,6 +90,7 @@ def check_generate(g: Any) -> None:
     require(ok, "generate.split", expected, list(g.split))
     timeout = g.claim_timeout_minutes
     require(timeout > 0, "generate.claim_timeout_minutes", "> 0 minutes", timeout)
+    require(g.cpu_threads >= 1, "generate.cpu_threads", "an integer ≥ 1", g.cpu_threads)
 
 
 def check_evaluate(e: Any) -> None:

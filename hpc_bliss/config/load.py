@@ -108,13 +108,14 @@ def to_yaml(cfg: Config | DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg), resolve=True)
 
 
-#: the generate keys that, with seed, prior and render, determine simulated shards
-DATA_GENERATE_KEYS = ("n_shards", "images_per_shard", "batch_size", "split")
+#: the generate keys that, with seed, prior and render, determine simulated shards (on CPU the
+#: thread count too: matrix products and reductions split their sums by thread)
+DATA_GENERATE_KEYS = ("n_shards", "images_per_shard", "batch_size", "split", "cpu_threads")
 
 
 def config_hash(cfg: Config | DictConfig) -> str:
     """SHA-256 (first 16 hex digits) of everything that determines simulated data: seed,
-    prior, render and generate's n_shards, images_per_shard, batch_size and split."""
+    prior, render and generate's n_shards, images_per_shard, batch_size, split, cpu_threads."""
     container = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     assert isinstance(container, dict)
     subset = {k: container[k] for k in ("seed", "prior", "render")}

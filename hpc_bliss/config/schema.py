@@ -146,6 +146,7 @@ class GenerateConfig:
     io: Literal["files", "mpio"] = "files"  #: a file per shard + dataset.h5, or one collective file
     compression: Literal["gzip", "none"] = "gzip"  #: shard tile catalogs: gzip level 1, or none
     claim_timeout_minutes: float = 60.0  #: a claim this old, whose job is gone, is taken over
+    cpu_threads: int = 1  #: torch threads per writer on CPU; part of the data (see README)
 
 
 @dataclass

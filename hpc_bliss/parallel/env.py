@@ -180,9 +180,12 @@ def cpu_share(env: ProcessEnv) -> int:
 
 
 @contextmanager
-def using_device(device: torch.device, env: ProcessEnv) -> Iterator[torch.device]:
-    """Within the block, make ``device`` the current CUDA device, or give the CPU this rank's
-    share of threads (:func:`cpu_share`); the process's previous settings are restored after."""
+def using_device(
+    device: torch.device, env: ProcessEnv, threads: int | None = None
+) -> Iterator[torch.device]:
+    """Within the block, make ``device`` the current CUDA device, or give the CPU ``threads``
+    torch threads (default: this rank's share, :func:`cpu_share`); the process's previous
+    settings are restored after."""
     if device.type == "cuda":
         previous = torch.cuda.current_device()
         torch.cuda.set_device(device)
@@ -191,9 +194,9 @@ def using_device(device: torch.device, env: ProcessEnv) -> Iterator[torch.device
         finally:
             torch.cuda.set_device(previous)
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cpu_share(env))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or cpu_share(env))
     try:
         yield device
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous)

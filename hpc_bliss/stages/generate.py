@@ -95,7 +95,8 @@ def generate(
     digest = config_hash(cfg)
     _prepare(cfg, env, digest, overwrite)
     device = pick_device(g.device, env)
-    with using_device(device, env):
+    # a fixed thread count on CPU: the same bytes whatever the ranks per node (generate.cpu_threads)
+    with using_device(device, env, threads=g.cpu_threads):
         board = None if g.io == "mpio" else ClaimBoard(out, digest, g.claim_timeout_minutes)
         run = ShardWriter(cfg, env, make_renderer(cfg, device), digest, board, log)
         log(f"{run.tag} {run.plan()} → {out}")
