@@ -43,7 +43,9 @@
 #SBATCH --job-name=hpc-bliss-generate
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=2
-#SBATCH --cpus-per-task=4
+# On CPU a writer renders with generate.cpu_threads (1) torch threads and writes on one more:
+# two cores per task. For more speed, ask for more tasks (ranks), not more threads.
+#SBATCH --cpus-per-task=2
 # GPUs: remove one '#' below (or pass --gpus-per-task=1 to sbatch) to give each rank one GPU;
 # generate.device=auto then renders on it. Some sites want --gres=gpu:N per node instead.
 ##SBATCH --gpus-per-task=1
