@@ -27,7 +27,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from hpc_bliss.io.inspect import inspect_command
 
     validate = args.command == "validate" or args.validate
-    return inspect_command(args.dir, validate=validate, as_json=args.json)
+    refresh = getattr(args, "refresh", False)
+    return inspect_command(args.dir, validate=validate, as_json=args.json, refresh=refresh)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -103,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
         if name == "inspect":
             p.add_argument("--validate", action="store_true", help="also validate every shard")
+        else:
+            p.add_argument(
+                "--refresh",
+                action="store_true",
+                help="first accept deliberate edits of shard data (made through HDF5, e.g. "
+                "h5py): recompute each shard's content_sha256, record the edit in manifest.json, "
+                "add Fletcher-32 checksums to older shards; refuses damaged data and changed "
+                "shapes or dtypes, modifying nothing",
+            )
         p.set_defaults(func=cmd_inspect)
     return parser
 

@@ -2,6 +2,8 @@
 """Training throughput, side by side in one run: optimizer steps per second of the encoder on a
 fixed batch (no loading) against the DataLoader's read rate from the shards (no training),
 with the same batch size, and the rate of "always the most frequent count" on the val split.
+Then what the Fletcher-32 checksums cost the loader: the train split rewritten twice, with and
+without them (else the same bytes), read by the same loader and by the bare reader, in turns.
 
     python scripts/bench_train.py DATA_DIR [--config configs/m2.yaml] [--batch 8] [--workers 2]
 """
@@ -10,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hpc_bliss.config import load_config  # noqa: E402
+from hpc_bliss.io.manifest import MANIFEST, read_manifest  # noqa: E402
 from hpc_bliss.io.reader import ShardDataset  # noqa: E402
+from hpc_bliss.io.shards import rewrite_shard  # noqa: E402
 from hpc_bliss.model import Encoder, double_detection_nll  # noqa: E402
 from hpc_bliss.train.data import Augmented  # noqa: E402
 
@@ -38,6 +45,74 @@ def most_frequent_rate(ds: ShardDataset, min_flux: float, border: int) -> tuple[
     return mode, float(counts[mode]) / float(counts.sum())
 
 
+def train_copies(data_dir: Path, work: Path) -> dict[bool, Path]:
+    """The train split of ``data_dir`` rewritten under ``work``, with (True) and without (False)
+    Fletcher-32 checksums: the same data, chunks and compression otherwise."""
+    copies = {}
+    for checksums in (True, False):
+        dst = work / ("checked" if checksums else "bare")
+        (dst / "shards").mkdir(parents=True)
+        shutil.copy(Path(data_dir) / MANIFEST, dst / MANIFEST)
+        for r in read_manifest(data_dir)["shards"]:
+            if r["split"] == "train":
+                rewrite_shard(Path(data_dir) / r["file"], dst / r["file"], checksums=checksums)
+        copies[checksums] = dst
+    return copies
+
+
+def loader_rate(data_dir: Path, batch: int, workers: int) -> float:
+    """Images/s of one augmented, shuffled pass of the loader over the train split (after its
+    first batch, which starts the workers)."""
+    loader = DataLoader(
+        Augmented(ShardDataset(data_dir, "train")),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+    )
+    it = iter(loader)
+    next(it)
+    n = len(loader) - 1
+    t0 = time.perf_counter()
+    for _ in range(n):
+        next(it)
+    return n * batch / (time.perf_counter() - t0)
+
+
+def reader_rate(data_dir: Path) -> float:
+    """Images per CPU second of reading every train image in order, in this process (no
+    augmentation): CPU time, which other processes on the machine disturb less than wall time."""
+    with ShardDataset(data_dir, "train") as ds:
+        t0 = time.process_time()
+        for i in range(len(ds)):
+            ds[i]
+        return len(ds) / (time.process_time() - t0)
+
+
+def checksum_cost(data_dir: Path, batch: int, workers: int, rounds: int) -> None:
+    """Print the loader's and the reader's images/s with and without Fletcher-32 (median of
+    ``rounds`` turns, alternating, after a warm-up pass of each that fills the page cache)."""
+    with tempfile.TemporaryDirectory(prefix="bench-fletcher32-") as work:
+        copies = train_copies(data_dir, Path(work))
+        for name, rate in (
+            (f"loader ({workers} workers, augmented)", lambda d: loader_rate(d, batch, workers)),
+            ("reader (1 process, no augmentation, per CPU second)", reader_rate),
+        ):
+            runs: dict[bool, list[float]] = {True: [], False: []}
+            for d in copies.values():
+                rate(d)
+            for i in range(rounds):
+                for checksums in (True, False) if i % 2 == 0 else (False, True):
+                    runs[checksums].append(rate(copies[checksums]))
+            on, off = (statistics.median(runs[c]) for c in (True, False))
+            spread = " / ".join(f"{min(runs[c]):.0f}-{max(runs[c]):.0f}" for c in (True, False))
+            print(
+                f"{name}, train split with / without Fletcher-32, median of {rounds} (range): "
+                f"{on:.1f} / {off:.1f} images/s ({spread}): the checksums cost "
+                f"{100 * (1 - on / off):.1f}%",
+                flush=True,
+            )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data_dir")
@@ -46,6 +121,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="turns of each, with and without Fletcher-32"
+    )
     args = parser.parse_args()
     print(f"command: python {shlex.join(sys.argv)}")
     cfg = load_config(args.config)
@@ -106,8 +184,10 @@ def main() -> int:
     mode, rate = most_frequent_rate(val, t.min_flux_threshold, cfg.evaluate.border_tiles)
     print(
         f"val split: always predicting {mode} source(s) is right on {rate:.4f} of interior "
-        f"tiles (truth above {t.min_flux_threshold} nmgy)"
+        f"tiles (truth above {t.min_flux_threshold} nmgy)",
+        flush=True,
     )
+    checksum_cost(Path(args.data_dir), args.batch, args.workers, args.rounds)
     return 0
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check (under 5 minutes on one CUDA GPU): environment, the GPU-marked tests, and the
-# render benchmark on CUDA beside the CPU (and GalSim where it is installed).
+# GPU check (under 8 minutes on one CUDA GPU): environment, the GPU-marked tests, the render
+# benchmark on CUDA beside the CPU (and GalSim where it is installed), generation against the
+# disk's raw write rate, and the training loader.
 # Run from the repository root on a machine with a GPU:   bash scripts/gpu_check.sh
 # Uses the active python (or $PYTHON) with the repository on PYTHONPATH; wheels of missing
 # packages (e.g. omegaconf) may be placed in .whl/ and are installed to /tmp/site first.
@@ -23,6 +24,9 @@ echo "== render benchmark: CUDA beside CPU"
 skip=""
 "$py" -c "import galsim" 2>/dev/null || { skip="--skip-galsim"; echo "(galsim not installed: no GalSim column)"; }
 timeout 240 "$py" scripts/bench_render.py --n-galsim 2 --n-ours 128 --n-gpu 16384 $skip
+echo "== generation on CUDA: one writer, sequential vs overlapped, against the disk's raw rate"
+timeout 240 "$py" scripts/bench_generate.py --device cuda --shards 16 --images 256 --repeats 3 \
+  --no-ranks
 echo "== training benchmark on m2 shards generated here (CUDA)"
 data="$(mktemp -d)/m2"
 timeout 120 "$py" -m hpc_bliss generate configs/m2.yaml generate.output_dir="$data" \

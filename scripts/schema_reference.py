@@ -29,9 +29,10 @@ def _units(spec: schema.DatasetSpec) -> str:
 
 
 def _storage(spec: schema.DatasetSpec) -> str:
+    checked = "one image per chunk, each with a Fletcher-32 checksum"
     if spec.compressed:
-        return f"one image per chunk; gzip level {schema.GZIP_LEVEL} if `generate.compression=gzip`"
-    return "one image per chunk"
+        return f"{checked}; gzip level {schema.GZIP_LEVEL} if `generate.compression=gzip`"
+    return checked
 
 
 def _bound(x: float) -> str:
@@ -43,6 +44,7 @@ def _bound(x: float) -> str:
 def lines() -> list[str]:
     out = ["| root attribute | holds |", "|---|---|"]
     out += [f"| `{name}` | {doc} |" for name, doc in schema.ROOT_ATTRS.items()]
+    out += [f"| `{name}` (optional) | {doc} |" for name, doc in schema.OPTIONAL_ATTRS.items()]
     out += [
         "",
         "| dataset | dtype | shape | holds | storage | `units` attribute |",

@@ -148,7 +148,7 @@ def test_written_shard_follows_the_schema(tmp_path, compression):
             dset = f[spec.name]
             tail, dtype, units = FROZEN_LAYOUTS[spec.name]
             assert (dset.shape[1:], str(dset.dtype), dset.attrs["units"]) == (tail, dtype, units)
-            assert dset.chunks == (1, *tail)
+            assert dset.chunks == (1, *tail) and dset.fletcher32  # every chunk checksummed
             packed = compression == "gzip" and spec.name.startswith("tile_catalog/")
             assert (dset.compression, dset.compression_opts) == (
                 ("gzip", 1) if packed else (None, None)

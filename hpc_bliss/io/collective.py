@@ -16,6 +16,14 @@ file's structure (creating datasets, writing attributes, closing) is collective:
 the same calls with the same arguments, so shapes come from the configuration
 (:func:`layouts_for`) before any data exists. Writing rows is independent: each rank writes
 the slices of its own shards (:meth:`CollectiveWriter.write_shard`) whenever they are ready.
+
+Fletcher-32 checksums (as in shard files) are written only when one process writes the file
+(``comm=None``, the serial driver). Under MPI-IO the datasets stay contiguous and unchecked:
+parallel HDF5 (≥ 1.10.2) writes filtered datasets only with collective writes, every rank in
+each write call, while the ranks here write their shards independently, each when it is ready
+(ranks hold different numbers of shards, and a failed shard must not stall the others). Adding
+them would take lockstep rounds of collective writes (one shard per rank per round, an empty
+selection for a rank with none left). ``hpc-bliss inspect`` says which files are unprotected.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import numpy as np
 from hpc_bliss.errors import ConfigError, ShardError
 from hpc_bliss.io.manifest import COLLECTIVE as COLLECTIVE  # the file's name, re-exported
 from hpc_bliss.io.manifest import SPLITS, split_counts, split_of
-from hpc_bliss.io.schema import DATASETS, SCHEMA_VERSION, SPECS, Dims, shape_of
+from hpc_bliss.io.schema import DATASETS, SCHEMA_VERSION, SPECS, Dims, shape_of, storage
 from hpc_bliss.io.shards import ShardData
 
 #: dataset name → (shape after the image axis, dtype, units attribute)
@@ -141,18 +149,26 @@ class CollectiveWriter:
             # datasets are created (collectively) once and kept open: writes use these handles
             self._dsets: dict[str, dict[str, h5py.Dataset]] = {}
             for split, n in self.split_sizes.items():
-                group = self.file.create_group(split)
-                dsets = self._dsets[split] = {}
-                for name, (tail, dtype, units) in self.layouts.items():
-                    dsets[name] = group.create_dataset(name, shape=(n, *tail), dtype=dtype)
-                    dsets[name].attrs["units"] = units
-                for name in ("shard_id", "index_in_shard"):
-                    dsets[name] = group.create_dataset(
-                        name, shape=(n,), dtype=np.int64, fillvalue=-1
-                    )
+                self._dsets[split] = self._create(self.file.create_group(split), n)
         except BaseException:
             self.file.close()
             raise
+
+    def _create(self, group: h5py.Group, n: int) -> dict[str, h5py.Dataset]:
+        """A split's datasets of ``n`` rows (collective): with Fletcher-32 checksums when one
+        process writes the file, contiguous under MPI-IO (see the module's docstring)."""
+        serial = self.comm is None
+        dsets = {}
+        for name, (tail, dtype, units) in self.layouts.items():
+            keywords = storage(SPECS[name], (n, *tail), "none") if serial else {}
+            dsets[name] = group.create_dataset(name, shape=(n, *tail), dtype=dtype, **keywords)
+            dsets[name].attrs["units"] = units
+        for name in ("shard_id", "index_in_shard"):
+            keywords = {"chunks": True, "fletcher32": True} if serial else {}
+            dsets[name] = group.create_dataset(
+                name, shape=(n,), dtype=np.int64, fillvalue=-1, **keywords
+            )
+        return dsets
 
     def write_shard(self, split: str, offset: int, shard_id: int, data: ShardData) -> None:
         """Write ``data`` to rows [offset, offset + n) of the split's datasets (independent

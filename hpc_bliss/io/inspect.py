@@ -1,5 +1,6 @@
 """What a generate.output_dir holds, and whether it is whole: :func:`summarize` (counts,
-sources per tile, reference-band fluxes), :func:`format_summary`, :func:`validate_dir`."""
+sources per tile, reference-band fluxes, which shards carry Fletcher-32 checksums),
+:func:`format_summary`, :func:`validate_dir`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from hpc_bliss.errors import HpcBlissError, ShardError
+from hpc_bliss.io.integrity import CHECKSUM, file_unprotected
 from hpc_bliss.io.manifest import DATASET, MANIFEST, SPLITS, read_manifest
+from hpc_bliss.io.refresh import refresh_dir
 from hpc_bliss.io.schema import SOURCE_TYPES, Manifest, ShardRecord
 from hpc_bliss.io.shards import read_attrs, validate_shard
 
@@ -29,6 +32,45 @@ def _fluxes(path: Path, band: int) -> tuple[np.ndarray, list[np.ndarray]]:
         fluxes = [cat[f"{t}_fluxes"][..., band] for t in SOURCE_TYPES]  # star_fluxes, …
     hist = np.bincount(n.ravel(), minlength=m + 1)
     return hist, [flux[on & (kind == i)] for i, flux in enumerate(fluxes)]
+
+
+def _splits(records: list[ShardRecord]) -> dict[str, dict[str, int]]:
+    """Shards and images of each split."""
+    return {
+        s: {
+            "shards": sum(r["split"] == s for r in records),
+            "images": sum(r["n_images"] for r in records if r["split"] == s),
+        }
+        for s in SPLITS
+    }
+
+
+def _checksums(listed: list[Path]) -> dict:
+    """Which of the shard files listed (those present and readable) carry Fletcher-32
+    checksums: ``{"algorithm", "files": how many were looked at, "unprotected": those with a
+    dataset without them}``."""
+    paths = [p for p in dict.fromkeys(listed) if p.is_file()]  # collective.h5: once per shard
+    unprotected = []
+    for path in paths:
+        try:
+            if file_unprotected(path):
+                unprotected.append(str(path))
+        except ShardError:
+            continue  # reported as unreadable
+    return {"algorithm": CHECKSUM, "files": len(paths), "unprotected": unprotected}
+
+
+def _checksum_line(c: dict, data_dir: str) -> str:
+    """The summary's line on the checksums: every dataset protected, or which files are not."""
+    if not c["unprotected"]:
+        return f"checksums: {c['algorithm']} on every dataset of all {c['files']} shard file(s)"
+    names = ", ".join(Path(p).name for p in c["unprotected"][:3])
+    more = ", …" if len(c["unprotected"]) > 3 else ""
+    return (
+        f"checksums: NONE in {len(c['unprotected'])} of {c['files']} shard file(s) ({names}"
+        f"{more}): written before {c['algorithm']}, so a damaged chunk reads unnoticed; "
+        f"`hpc-bliss validate --refresh {data_dir}` adds them (or regenerate)"
+    )
 
 
 def _stats(values: np.ndarray) -> dict:
@@ -50,7 +92,8 @@ def summarize(data_dir: str | Path) -> dict:
     splits {split: {shards, images}}, images, sources_per_tile (list: tiles holding 0..M
     sources, over all shards), n_tiles, n_sources, flux {star|galaxy: {count, min, median,
     max}} (nmgy, reference band, active sources), missing and failures (from the manifest),
-    absent (listed files not on disk), unreadable (listed files that could not be read).
+    absent (listed files not on disk), unreadable (listed files that could not be read),
+    checksums {algorithm, files, unprotected: files without Fletcher-32 checksums}.
     """
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
@@ -58,13 +101,7 @@ def summarize(data_dir: str | Path) -> dict:
     prior = conf.prior
     band = int(prior.get("reference_band", 2))
     records = sorted(manifest["shards"], key=lambda r: r["id"])
-    splits = {
-        s: {
-            "shards": sum(r["split"] == s for r in records),
-            "images": sum(r["n_images"] for r in records if r["split"] == s),
-        }
-        for s in SPLITS
-    }
+    splits = _splits(records)
     hist = np.zeros(int(prior.max_sources) + 1, dtype=np.int64)
     fluxes: list[list[np.ndarray]] = [[] for _ in SOURCE_TYPES]
     absent, unreadable = [], []
@@ -102,6 +139,7 @@ def summarize(data_dir: str | Path) -> dict:
         "failures": list(manifest.get("failures", [])),
         "absent": absent,
         "unreadable": unreadable,
+        "checksums": _checksums([data_dir / r["file"] for r in records]),
     }
 
 
@@ -140,6 +178,7 @@ def format_summary(summary: dict) -> str:
     lines += [f"UNREADABLE: {p}" for p in s["unreadable"]]
     if not (s["missing"] or s["failures"] or s["absent"] or s["unreadable"]):
         lines.append(f"all {s['n_shards']} shards listed and present")
+    lines.append(_checksum_line(s["checksums"], s["data_dir"]))
     return "\n".join(lines)
 
 
@@ -193,9 +232,15 @@ def validate_dir(data_dir: str | Path) -> list[str]:
     return problems
 
 
-def inspect_command(data_dir: str | Path, validate: bool, as_json: bool) -> int:
+def inspect_command(
+    data_dir: str | Path, validate: bool, as_json: bool, refresh: bool = False
+) -> int:
     """`hpc-bliss inspect` / `validate`: print the summary (as text or JSON); with
-    ``validate``, also check every shard and name each problem (exit status 1 if any)."""
+    ``validate``, also check every shard and name each problem (exit status 1 if any). With
+    ``refresh`` (`validate --refresh`), first accept deliberate edits of shard data
+    (:func:`~hpc_bliss.io.refresh.refresh_dir`; a :class:`ShardError` if it refuses)."""
+    if refresh:
+        refresh_dir(data_dir, log=lambda line: print(line, file=sys.stderr if as_json else None))
     try:
         summary = summarize(data_dir)
     except HpcBlissError as err:

@@ -8,6 +8,10 @@ Items are :class:`~hpc_bliss.io.schema.ShardItem` dicts. HDF5 files are opened l
 process that reads them and never cross a fork: they are closed in the parent just before any
 ``os.fork`` (DataLoader workers included; the hook is installed when the first dataset is made,
 not at import) and re-opened on first use in each process; pickling (spawn) drops them too.
+
+Every read is checked: HDF5 verifies each chunk's Fletcher-32 checksum, and a damaged chunk
+raises a one-line :class:`~hpc_bliss.errors.ShardError` naming the file, dataset and row
+(:mod:`hpc_bliss.io.integrity`); shards written before the checksums read unchecked.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import bisect
 import copy
 import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from operator import itemgetter
 from pathlib import Path
 
@@ -29,6 +33,7 @@ from torch.utils.data import Dataset
 
 from hpc_bliss.catalog import TileCatalog
 from hpc_bliss.errors import ShardError
+from hpc_bliss.io.integrity import read_row
 from hpc_bliss.io.manifest import DATASET, MANIFEST, SPLITS, read_manifest
 from hpc_bliss.io.schema import CATALOG_DTYPES, IMAGE_KEYS, ShardItem
 from hpc_bliss.io.shards import read_attrs
@@ -106,19 +111,19 @@ def to_tile_catalog(items: ShardItem | Sequence[ShardItem], tile_slen: int) -> T
 def _read_row(
     path: Path, group: h5py.Group, row: int, shard_id: int, index_in_shard: int
 ) -> ShardItem:
-    """One image's arrays from ``group`` (a shard file or a split of dataset.h5), as tensors."""
-    try:
-        arrays = {
-            k: torch.from_numpy(group[k][row].astype(np.float32, copy=False)) for k in IMAGE_KEYS
-        }
-        cat = {}
-        for key in CATALOG_DTYPES:
-            a = group[f"tile_catalog/{key}"][row]
-            cat[key] = torch.from_numpy(
-                a.astype(np.int64 if key in INT_KEYS else np.float32, copy=False)
-            )
-    except (OSError, KeyError, ValueError) as err:
-        raise ShardError(f"{path}: cannot read row {row} ({err})") from err
+    """One image's arrays from ``group`` (a shard file or a split of dataset.h5), as tensors.
+    HDF5 checks each chunk's Fletcher-32 checksum as it reads; a damaged one (or any failed
+    read) raises a one-line :class:`ShardError` naming the file, the dataset and the row."""
+    arrays = {
+        k: torch.from_numpy(read_row(path, group, k, row).astype(np.float32, copy=False))
+        for k in IMAGE_KEYS
+    }
+    cat = {}
+    for key in CATALOG_DTYPES:
+        a = read_row(path, group, f"tile_catalog/{key}", row)
+        cat[key] = torch.from_numpy(
+            a.astype(np.int64 if key in INT_KEYS else np.float32, copy=False)
+        )
     return {
         "images": arrays["images"],
         "background": arrays["background"],
@@ -222,20 +227,25 @@ class ShardDataset(_RowDataset):
     ``psf_params`` float32 (B, 6), ``tile_catalog`` {key: tensor} with ``n_sources`` int64
     (Ht, Wt), ``source_type`` int64 (Ht, Wt, M, 1) and float32 for the rest, ``shard_id`` and
     ``index_in_shard`` (ints). Raises :class:`ShardError` naming the file for a missing
-    manifest, an unknown or empty split, a missing or unreadable shard.
+    manifest, an unknown or empty split, a missing or unreadable shard, and a chunk that
+    fails its Fletcher-32 checksum. The shards ``exclude`` (ids) are left out.
     """
 
-    def __init__(self, data_dir: str | Path, split: str = "train") -> None:
+    def __init__(
+        self, data_dir: str | Path, split: str = "train", exclude: Collection[int] = ()
+    ) -> None:
         self.data_dir, self.split = Path(data_dir), split
         manifest = read_manifest(self.data_dir)
         where = self.data_dir / MANIFEST
         if split not in SPLITS:
             raise ShardError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
         records = sorted(
-            (r for r in manifest["shards"] if r["split"] == split), key=itemgetter("id")
+            (r for r in manifest["shards"] if r["split"] == split and r["id"] not in exclude),
+            key=itemgetter("id"),
         )
         if not sum(r["n_images"] for r in records):
-            raise ShardError(f"{where}: split {split!r} has no images")
+            left = f" once shards {sorted(exclude)} are left out" if exclude else ""
+            raise ShardError(f"{where}: split {split!r} has no images{left}")
         self.paths = [self.data_dir / r["file"] for r in records]
         for path in self.paths:
             if not path.is_file():

@@ -1,6 +1,7 @@
 """The HDF5 shard schema (version 1), in one place: every dataset of a shard (name, dtype,
-shape, units, compression), the required root attributes, the content checksum, the table of
-galaxy parameters, and the typed records the reader and the manifest hand out.
+shape, units, storage: chunks, compression, Fletcher-32 checksums), the required root attributes,
+the content checksum, the table of galaxy parameters, and the typed records the reader and the
+manifest hand out.
 
 The writers (:mod:`hpc_bliss.io.shards`, :mod:`hpc_bliss.io.collective`, dataset.h5 in
 :mod:`hpc_bliss.io.manifest`), the reader, the validator and ``scripts/schema_reference.py``
@@ -236,13 +237,24 @@ def shape_of(spec: DatasetSpec, dims: Dims) -> tuple[int, ...]:
     return tuple(dims.size(axis) for axis in spec.shape)
 
 
-def storage(spec: DatasetSpec, shape: tuple[int, ...], compression: str) -> dict[str, Any]:
-    """h5py ``create_dataset`` keywords of a shard's dataset: one image per chunk, and gzip
-    (level :data:`GZIP_LEVEL`) for the compressed datasets when ``compression == "gzip"``."""
-    chunks = (1, *shape[1:]) if shape[0] > 0 else None
-    if compression == "gzip" and spec.compressed and chunks:
-        return {"chunks": chunks, "compression": "gzip", "compression_opts": GZIP_LEVEL}
-    return {"chunks": chunks}
+def storage(
+    spec: DatasetSpec, shape: tuple[int, ...], compression: str, checksums: bool = True
+) -> dict[str, Any]:
+    """h5py ``create_dataset`` keywords of a shard's dataset: one image per chunk, gzip (level
+    :data:`GZIP_LEVEL`) for the compressed datasets when ``compression == "gzip"``, and HDF5's
+    Fletcher-32 checksum of every chunk, so that any reader of a damaged chunk gets an error
+    instead of wrong data. ``checksums=False`` leaves the checksums out (for a benchmark
+    measuring their cost; shards are always written with them). An empty dataset (0 images)
+    may grow along N, so that its one-image chunks fit."""
+    tail = tuple(shape[1:])
+    keywords: dict[str, Any] = {"chunks": (1, *tail)}
+    if shape[0] == 0:
+        keywords["maxshape"] = (None, *tail)
+    if compression == "gzip" and spec.compressed:
+        keywords |= {"compression": "gzip", "compression_opts": GZIP_LEVEL}
+    if checksums:
+        keywords["fletcher32"] = True
+    return keywords
 
 
 def content_sha256(items: list[tuple[str, np.ndarray]]) -> str:
@@ -275,6 +287,10 @@ ROOT_ATTRS = {
     "device": "torch device it was simulated on",
 }
 REQUIRED_ATTRS = tuple(ROOT_ATTRS)
+#: root attributes a shard may have, and when
+OPTIONAL_ATTRS = {
+    "edited_utc": "when `hpc-bliss validate --refresh` last accepted an edit of its data (UTC)",
+}
 #: root attributes that say who wrote a shard and when (they differ between equal shards)
 PROVENANCE_ATTRS = ("created_utc", "host", "rank", "device")
 
@@ -324,6 +340,17 @@ class ShardFailure(TypedDict):
     error: str
 
 
+class ShardEdit(TypedDict):
+    """An edit of a shard's data that ``hpc-bliss validate --refresh`` accepted: when, and its
+    content_sha256 before and after."""
+
+    id: int
+    file: str
+    utc: str
+    old_sha256: str
+    new_sha256: str
+
+
 class _Manifest(TypedDict):
     schema_version: int
     config_hash: str
@@ -339,6 +366,8 @@ class _Manifest(TypedDict):
 
 
 class Manifest(_Manifest, total=False):
-    """``manifest.json`` of a generate.output_dir (``io``: "files" or "mpio")."""
+    """``manifest.json`` of a generate.output_dir (``io``: "files" or "mpio"; ``edited``: the
+    edits of shard data accepted by ``hpc-bliss validate --refresh``, oldest first)."""
 
     io: str
+    edited: list[ShardEdit]

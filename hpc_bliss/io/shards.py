@@ -1,5 +1,6 @@
 """Shard files: one HDF5 file per shard, written atomically (:func:`write_shard`), readable by any
-HDF5 tool (no pickles, no custom filters), and checked (:func:`validate_shard`).
+HDF5 tool (no pickles, no custom filters: gzip and Fletcher-32 are built into HDF5), checked on
+every read (each chunk's Fletcher-32 checksum) and as a whole (:func:`validate_shard`).
 
 What a shard holds (datasets, dtypes, shapes, units, root attributes) is
 :mod:`hpc_bliss.io.schema`; ``shard-000042.h5`` is its datasets at their paths, every root
@@ -16,6 +17,8 @@ import errno
 import hashlib
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import numpy as np
 
 from hpc_bliss import __version__
 from hpc_bliss.errors import ShardError
+from hpc_bliss.io.integrity import read_whole
 from hpc_bliss.io.schema import (
     CATALOG_KEYS,
     DATASET_NAMES,
@@ -64,7 +68,8 @@ class ShardData:
         return int(self.images.shape[0])
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's data to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -72,46 +77,72 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_shard(path: Path, data: ShardData, attrs: dict, compression: str = "gzip") -> dict:
+@contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """``path.tmp`` to write, then fsynced and renamed to ``path``: a file that exists is whole.
+    On any failure the ``.tmp`` is removed; an OSError becomes a :class:`ShardError` naming
+    ``path`` (saying so for a full disk)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+        _fsync(path.parent)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if not isinstance(err, OSError):
+            raise
+        reason = "disk full (no space left on device)" if err.errno == errno.ENOSPC else err
+        raise ShardError(f"cannot write {path}: {reason}") from err
+
+
+def write_shard(
+    path: Path, data: ShardData, attrs: dict, compression: str = "gzip", checksums: bool = True
+) -> dict:
     """Write ``data`` to ``path`` atomically: ``path.tmp`` is written, flushed, fsynced, then
     renamed, so a shard file that exists is whole. Returns the root attributes written.
+    Every dataset carries HDF5's Fletcher-32 checksum of each chunk (``checksums=False``: none,
+    only for a benchmark of their cost; see :func:`~hpc_bliss.io.schema.storage`).
 
     Raises :class:`ShardError` naming the file for an unwritable directory or a full disk;
     the partial ``.tmp`` is removed and nothing already written is touched.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    digest = content_sha256(data.datasets())
     meta = {
         "schema_version": SCHEMA_VERSION,
         "hpc_bliss_version": __version__,
         "n_images": data.n_images,
-        "content_sha256": digest,
+        "content_sha256": content_sha256(data.datasets()),
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         **attrs,
     }
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key, value in meta.items():
-                f.attrs[key] = value
-            for name, arr in data.datasets():
-                spec = SPECS[name]
-                dset = f.create_dataset(name, data=arr, **storage(spec, arr.shape, compression))
-                dset.attrs["units"] = spec.units_for(data.units)
-            f.flush()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        reason = "disk full (no space left on device)" if err.errno == errno.ENOSPC else err
-        raise ShardError(f"cannot write {path}: {reason}") from err
+    with _atomic(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update(meta)
+        for name, arr in data.datasets():
+            spec = SPECS[name]
+            keywords = storage(spec, arr.shape, compression, checksums)
+            dset = f.create_dataset(name, data=arr, **keywords)
+            dset.attrs["units"] = spec.units_for(data.units)
+        f.flush()
     return meta
+
+
+def rewrite_shard(src: Path, dst: Path, attrs: dict | None = None, checksums: bool = True) -> None:
+    """Copy the shard ``src`` to ``dst`` (the same path, or another) atomically, in today's
+    storage (:func:`~hpc_bliss.io.schema.storage`: Fletcher-32 unless ``checksums=False``; gzip
+    as ``src`` has it), with its attributes updated by ``attrs``. Every chunk read is checked;
+    a damaged one raises :class:`ShardError` and ``dst`` is left as it was."""
+    src, dst = Path(src), Path(dst)
+    with h5py.File(src, "r") as f, _atomic(dst) as tmp, h5py.File(tmp, "w") as out:
+        out.attrs.update({**f.attrs, **(attrs or {})})
+        gzip = f["tile_catalog/n_sources"].compression == "gzip"
+        for name in DATASET_NAMES:
+            dset = f[name]
+            keywords = storage(SPECS[name], dset.shape, "gzip" if gzip else "none", checksums)
+            copy = out.create_dataset(name, data=read_whole(src, dset), **keywords)
+            copy.attrs.update(dset.attrs)
+        out.flush()
 
 
 def read_attrs(path: Path) -> dict:
@@ -168,14 +199,17 @@ def validate_shard(
                 if dset.dtype != np.dtype(want):
                     problems.append(f"{path}: {name} has dtype {dset.dtype}, expected {want}")
                 if check_content and not problems:
-                    items.append((name, dset[()]))
+                    items.append((name, read_whole(path, dset)))
             if check_content and not problems:
                 digest = content_sha256(items)
                 if digest != attrs["content_sha256"]:
                     problems.append(
                         f"{path}: data checksum {digest[:12]}… does not match "
-                        f"content_sha256 {attrs['content_sha256'][:12]}…"
+                        f"content_sha256 {attrs['content_sha256'][:12]}… (damaged, or edited: "
+                        "`hpc-bliss validate --refresh` accepts a deliberate edit)"
                     )
+    except ShardError as err:  # a chunk that fails its checksum, named
+        problems.append(str(err))
     except (OSError, KeyError, ValueError) as err:
         problems.append(f"{path}: unreadable ({err})")
     return problems

@@ -2,7 +2,9 @@
 on the test split's shards, interior tiles only, written as report.json / report.md / PNGs.
 
 Ranks (mpirun/srun) split the test shards; every number is a sum of counts, gathered and added
-on rank 0, so 2 processes give exactly the result of 1.
+on rank 0, so 2 processes give exactly the result of 1. Each test shard is validated before it
+is scored (every chunk's Fletcher-32 checksum, and content_sha256): a bad one stops every rank
+with a one-line error naming it; no shard is ever left out of the score.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from hpc_bliss.config import Config, to_yaml
-from hpc_bliss.errors import ConfigError
+from hpc_bliss.errors import ConfigError, ShardError
 from hpc_bliss.evaluate.scoring import (
     Accumulator,
     BatchScorer,
@@ -25,6 +27,7 @@ from hpc_bliss.evaluate.scoring import (
     make_report,
 )
 from hpc_bliss.io.reader import ShardDataset
+from hpc_bliss.io.shards import validate_shard
 from hpc_bliss.parallel.env import (
     ProcessEnv,
     detect,
@@ -86,6 +89,36 @@ def _score_shards(
         log(f"{tag} shard {data.shard_ids[k]:06d} done")
 
 
+def _check_shard(data: ShardDataset, k: int) -> None:
+    """Refuse a test shard that fails validation: every chunk's Fletcher-32 checksum and the
+    data's content_sha256 (which also catches an edit, and damage in a shard written without
+    checksums). Evaluation never leaves a shard out: a score over part of the test split is
+    wrong without saying so."""
+    problems = validate_shard(data.paths[k], data.config_hash)
+    if problems:
+        raise ShardError(problems[0])
+
+
+def _scored(data: ShardDataset, mine: list[int], *args) -> str | None:
+    """Check, then score this rank's shards (:func:`_score_shards` with ``args``); the
+    one-line error of a bad shard, if any, returned so that every rank can stop together."""
+    try:
+        for k in mine:
+            _check_shard(data, k)
+        _score_shards(data, mine, *args)
+    except ShardError as err:
+        return f"evaluate: {err} (evaluate scores the whole test split, never skipping a shard)"
+    return None
+
+
+def _stop_on_bad_shard(env: ProcessEnv, gathered: list | None) -> None:
+    """Raise, on every rank, the first bad-shard error any rank met (rank 0 broadcasts it)."""
+    first = next((g[-1] for g in gathered if g[-1]), None) if gathered else None
+    error = env.bcast(first)
+    if error:
+        raise ShardError(error)
+
+
 def evaluate(
     cfg: Config,
     env: ProcessEnv | None = None,
@@ -117,8 +150,9 @@ def evaluate(
         mine = list(range(env.rank, len(data.shard_ids), env.world))
         tag = f"[evaluate rank {env.rank}/{env.world} {socket.gethostname()}]"
         t0 = time.perf_counter()
-        _score_shards(data, mine, scorer, encoder, device, acc, log, tag)
-    gathered = env.gather((acc.to_dict(), data.shard_ids, acc.example))
+        error = _scored(data, mine, scorer, encoder, device, acc, log, tag)
+    gathered = env.gather((acc.to_dict(), data.shard_ids, acc.example, error))
+    _stop_on_bad_shard(env, gathered)
     if env.rank != 0:
         return None
     assert gathered is not None

@@ -29,7 +29,7 @@ from hpc_bliss.config import Config
 from hpc_bliss.errors import ConfigError, LaunchError, ShardError
 from hpc_bliss.io.manifest import read_manifest
 from hpc_bliss.parallel.env import mpi_problem, under_mpi_launcher
-from hpc_bliss.train.data import ShardDataModule
+from hpc_bliss.train.data import ShardDataModule, worker_message
 from hpc_bliss.train.lit_module import EncoderModule
 from hpc_bliss.train.ranks import RankReport
 
@@ -115,14 +115,13 @@ def train(cfg: Config) -> dict:
 def _train(cfg: Config) -> dict:
     t = cfg.train
     try:
-        manifest = read_manifest(Path(t.data_dir))
+        read_manifest(Path(t.data_dir))
     except ShardError as err:
         raise ConfigError(f"train.data_dir: {err}") from err
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = ShardDataModule(t)
     data.setup()
-    n_train = manifest["images"]["train"]
-    steps_per_epoch = max(1, n_train // (t.batch_size * t.devices * t.num_nodes))
+    steps_per_epoch = max(1, data.n_train // (t.batch_size * t.devices * t.num_nodes))
     total = t.max_steps if t.max_steps > 0 else steps_per_epoch * t.max_epochs
     module = EncoderModule(
         n_bands=data.n_bands,
@@ -135,19 +134,42 @@ def _train(cfg: Config) -> dict:
         total_steps=max(1, math.ceil(total)),
     )
     trainer = build_trainer(cfg, total)
+    skipped = _skipped_metrics(data) if t.on_bad_shard == "skip" else {}
+    for logger in trainer.loggers if skipped else []:  # metrics.csv (and TensorBoard), rank 0
+        logger.log_metrics(skipped, step=0)
     last = Path(t.output_dir) / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    _fit(trainer, module, data, last if last.exists() else None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | skipped
     ckpt = trainer.checkpoint_callback
     return {
         "best": getattr(ckpt, "best_model_path", ""),
         "last": str(last),
         "global_step": trainer.global_step,
         "metrics": metrics,
+        "skipped_shards": [b.id for b in data.skipped],
         "rank": trainer.global_rank,
         "world_size": trainer.world_size,
         "host": socket.gethostname(),
     }
+
+
+def _skipped_metrics(data: ShardDataModule) -> dict[str, float]:
+    """The logged metrics of ``train.on_bad_shard=skip``: bad shards and images left out."""
+    return {
+        "data/skipped_shards": float(len(data.skipped)),
+        "data/skipped_images": float(data.skipped_images),
+    }
+
+
+def _fit(trainer: pl.Trainer, module: EncoderModule, data: ShardDataModule, ckpt: Path | None):
+    """``trainer.fit``; a bad shard read (here or in a DataLoader worker, whose error comes
+    wrapped in its traceback) is re-raised as one line naming the file, dataset and row."""
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+    except ShardError as err:
+        skip = data.cfg.on_bad_shard == "skip"
+        hint = "" if skip else " (or set train.on_bad_shard=skip to leave bad shards out)"
+        raise ShardError(f"train: {worker_message(err)}{hint}") from err
 
 
 def run(cfg: Config) -> int:
@@ -162,4 +184,10 @@ def run(cfg: Config) -> int:
             + (f", val n_sources accuracy {acc:.4f}" if acc is not None else "")
         )
         print(f"[train] checkpoints: {result['best'] or '-'} (best), {result['last']} (last)")
+        if "data/skipped_images" in m:
+            print(
+                f"[train] skipped {m['data/skipped_images']:.0f} images: "
+                f"{len(result['skipped_shards'])} bad shard(s) {result['skipped_shards']} left out "
+                "(train.on_bad_shard=skip)"
+            )
     return 0
