@@ -267,6 +267,10 @@ def test_refresh_accepts_an_edit_through_h5py(data, capsys):
         "new_sha256": new,
     }
     assert new != old and manifest["shards"][2]["content_sha256"] == new
+    # a rerun of generate keeps the edited shard (it validates) and its entry
+    cfg = load_config(CONFIGS / "smoke.yaml", [f"generate.output_dir={data}"])
+    assert generate(cfg, log=lambda msg: None) == 0
+    assert json.loads((data / "manifest.json").read_text())["edited"] == [edit]
 
 
 def _retype(path: Path) -> None:

@@ -37,6 +37,7 @@ from hpc_bliss.io.manifest import (
     COLLECTIVE,
     MANIFEST,
     make_manifest,
+    read_manifest,
     shard_file_record,
     shard_path,
     write_manifest,
@@ -150,6 +151,9 @@ def _finish(
         ranks=len(gathered),
         io=g.io,
     )
+    edits = _kept_edits(out, records)
+    if edits:
+        manifest["edited"] = edits
     write_manifest(out, manifest)
     if records and g.io == "files":
         attrs = {"config_hash": digest, "config_yaml": to_yaml(cfg), "n_shards": g.n_shards}
@@ -161,6 +165,19 @@ def _finish(
             log(f"[generate]   shard {f['id']:06d} (rank {f['rank']}): {f['error']}")
         return 1
     return 0
+
+
+def _kept_edits(out: Path, records: list[ShardRecord]) -> list:
+    """The previous manifest's ``edited`` entries (``validate --refresh``) of shards that still
+    hold the edited data: a rerun keeps them, a regenerated shard drops its entry."""
+    if not (out / MANIFEST).is_file():
+        return []
+    try:
+        old = read_manifest(out).get("edited", [])
+    except ShardError:
+        return []
+    kept = {r["id"]: r["content_sha256"] for r in records}
+    return [e for e in old if kept.get(e["id"]) == e["new_sha256"]]
 
 
 def _all_records(
