@@ -20,8 +20,8 @@ from hpc_bliss.io.collective import (
     split_sizes_for,
 )
 from hpc_bliss.io.manifest import shard_path, write_virtual_dataset
-from hpc_bliss.io.schema import CATALOG_KEYS, SCHEMA_VERSION
-from hpc_bliss.io.shards import ShardData, shard_name, write_shard
+from hpc_bliss.io.schema import CATALOG_KEYS, SCHEMA_VERSION, shard_name
+from hpc_bliss.io.shards import ShardData, write_shard
 from tests.conftest import CONFIGS, ROOT
 from tests.mpi_utils import MPI_ENV, PARALLEL_H5PY_HINT, mpirun
 
@@ -53,13 +53,16 @@ def synthetic_shard(shard_id: int) -> ShardData:
     )
 
 
-def write_shards(path: Path, comm, shard_ids) -> Path | None:
-    """What the MPI driver does on each rank (and the serial test on one process)."""
+def write_shards(path: Path, comm, shard_ids, rounds: int = 0) -> Path | None:
+    """What the MPI driver does on each rank (and the serial test on one process): one round
+    per shard, then empty rounds up to ``rounds`` (collective writes need every rank)."""
     sizes = split_sizes_for(N_SHARDS, FRACTIONS, PER_SHARD)
     with CollectiveWriter(path, comm, sizes, layouts_for(CFG), ATTRS) as writer:
         for sid in shard_ids:
             split, offset = shard_offset(sid, N_SHARDS, FRACTIONS, PER_SHARD)
             writer.write_shard(split, offset, sid, synthetic_shard(sid))
+        for _ in range(len(shard_ids), rounds):
+            writer.write_shard("", 0, -1, None)
     return path if path.exists() else None
 
 
@@ -80,6 +83,7 @@ def check_file(path: Path, written) -> None:
                 assert group[name].shape == (2 * PER_SHARD, *tail)
                 assert group[name].dtype == dtype
                 assert group[name].attrs["units"] == units
+                assert group[name].fletcher32, (split, name)  # every chunk checksummed
         for sid in range(N_SHARDS):
             split, offset = shard_offset(sid, N_SHARDS, FRACTIONS, PER_SHARD)
             rows = slice(offset, offset + PER_SHARD)
@@ -197,8 +201,8 @@ from mpi4py import MPI
 from tests.test_collective import N_SHARDS, write_shards
 
 comm = MPI.COMM_WORLD
-mine = list(range(comm.rank, N_SHARDS, comm.size))
-write_shards(Path(sys.argv[1]), comm, mine)
+mine = [0, 2, 3] if comm.rank == 0 else [1]  # uneven: rank 1 sits out two rounds
+write_shards(Path(sys.argv[1]), comm, mine, rounds=3)
 print(f"rank {comm.rank}/{comm.size} wrote shards {mine}", flush=True)
 """
 
@@ -215,7 +219,7 @@ def test_two_ranks_write_one_file(tmp_path):
     cmd = [*mpirun(2), str(VENV_BIN / "python"), str(driver), str(path)]
     res = subprocess.run(cmd, cwd=ROOT, env=MPI_ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "rank 0/2 wrote shards [0, 2]" in res.stdout
-    assert "rank 1/2 wrote shards [1, 3]" in res.stdout
+    assert "rank 0/2 wrote shards [0, 2, 3]" in res.stdout
+    assert "rank 1/2 wrote shards [1]" in res.stdout
     assert not (tmp_path / "collective.h5.tmp").exists()
     check_file(path, written=set(range(N_SHARDS)))

@@ -246,6 +246,7 @@ def test_mpio_writes_one_collective_file_equal_to_the_shards(reference, tmp_path
     assert _hashes(out) == _hashes(reference)
     with h5py.File(out / "collective.h5", "r") as mine, h5py.File(reference / "dataset.h5") as ref:
         assert mine.attrs["config_hash"] == ref.attrs["config_hash"]
+        assert mine["train/images"].fletcher32 and mine["test/shard_id"].fletcher32
         for split in ("train", "val", "test"):
             for name in (*DATASET_NAMES, "shard_id", "index_in_shard"):
                 np.testing.assert_array_equal(

@@ -14,16 +14,14 @@ It needs h5py built against parallel HDF5 (``h5py.get_config().mpi``); the wheel
 serial, ``scripts/build_parallel_h5py.sh`` builds one. In parallel HDF5 every change to the
 file's structure (creating datasets, writing attributes, closing) is collective: all ranks make
 the same calls with the same arguments, so shapes come from the configuration
-(:func:`layouts_for`) before any data exists. Writing rows is independent: each rank writes
-the slices of its own shards (:meth:`CollectiveWriter.write_shard`) whenever they are ready.
+(:func:`layouts_for`) before any data exists. Each rank writes the rows of its own shards
+(:meth:`CollectiveWriter.write_shard`) in lockstep rounds: in each round every rank writes
+one shard, or nothing when it has none left.
 
-Fletcher-32 checksums (as in shard files) are written only when one process writes the file
-(``comm=None``, the serial driver). Under MPI-IO the datasets stay contiguous and unchecked:
-parallel HDF5 (≥ 1.10.2) writes filtered datasets only with collective writes, every rank in
-each write call, while the ranks here write their shards independently, each when it is ready
-(ranks hold different numbers of shards, and a failed shard must not stall the others). Adding
-them would take lockstep rounds of collective writes (one shard per rank per round, an empty
-selection for a rank with none left). ``hpc-bliss inspect`` says which files are unprotected.
+Every dataset carries Fletcher-32 checksums, one image per chunk, as in shard files. Parallel
+HDF5 (≥ 1.10.2) writes such filtered datasets only with collective writes, every rank in each
+write call: so each round is one collective write per dataset, in which a rank without a shard
+that round (or whose shard failed) takes part with an empty selection.
 """
 
 from __future__ import annotations
@@ -111,11 +109,29 @@ def shard_offset(
     return split, (shard_id - first) * images_per_shard
 
 
+def _collective_write(dset: h5py.Dataset, start: int, rows: np.ndarray | None) -> None:
+    """Rows [start, start + len(rows)) of ``dset`` in a collective write; ``rows=None`` takes
+    part with an empty selection (h5py's own indexing skips empty writes, which would leave
+    the other ranks waiting)."""
+    dxpl = h5py.h5p.create(h5py.h5p.DATASET_XFER)
+    dxpl.set_dxpl_mpio(h5py.h5fd.MPIO_COLLECTIVE)
+    fspace = dset.id.get_space()
+    if rows is None:
+        fspace.select_none()
+        rows = np.zeros((1, *dset.shape[1:]), dtype=dset.dtype)
+        mspace = h5py.h5s.create_simple(rows.shape)
+        mspace.select_none()
+    else:
+        fspace.select_hyperslab((start,) + (0,) * (dset.ndim - 1), rows.shape)
+        mspace = h5py.h5s.create_simple(rows.shape)
+    dset.id.write(mspace, fspace, rows, dxpl=dxpl)
+
+
 class CollectiveWriter:
     """One HDF5 file written by all ranks of ``comm`` together (driver="mpio").
 
     The constructor, :meth:`close` (and leaving a ``with`` block) are collective: every rank
-    calls them, with the same arguments. :meth:`write_shard` is independent. The file is
+    calls them, with the same arguments, and :meth:`write_shard` too, once per round. The file is
     written as ``path.tmp`` and renamed to ``path`` by rank 0 when every rank closed it with
     ``ok=True``; otherwise the ``.tmp`` stays for inspection.
 
@@ -155,47 +171,59 @@ class CollectiveWriter:
             raise
 
     def _create(self, group: h5py.Group, n: int) -> dict[str, h5py.Dataset]:
-        """A split's datasets of ``n`` rows (collective): with Fletcher-32 checksums when one
-        process writes the file, contiguous under MPI-IO (see the module's docstring)."""
-        serial = self.comm is None
+        """A split's datasets of ``n`` rows (collective), one image per chunk, each chunk with
+        its Fletcher-32 checksum."""
         dsets = {}
         for name, (tail, dtype, units) in self.layouts.items():
-            keywords = storage(SPECS[name], (n, *tail), "none") if serial else {}
+            keywords = storage(SPECS[name], (n, *tail), "none")
             dsets[name] = group.create_dataset(name, shape=(n, *tail), dtype=dtype, **keywords)
             dsets[name].attrs["units"] = units
         for name in ("shard_id", "index_in_shard"):
-            keywords = {"chunks": True, "fletcher32": True} if serial else {}
             dsets[name] = group.create_dataset(
-                name, shape=(n,), dtype=np.int64, fillvalue=-1, **keywords
+                name, shape=(n,), dtype=np.int64, fillvalue=-1, chunks=True, fletcher32=True
             )
         return dsets
 
-    def write_shard(self, split: str, offset: int, shard_id: int, data: ShardData) -> None:
-        """Write ``data`` to rows [offset, offset + n) of the split's datasets (independent
-        I/O: only this rank takes part). Raises :class:`ShardError` for rows or shapes that do
-        not fit the layouts, before writing anything."""
+    def _problem(self, split: str, offset: int, shard_id: int, data: ShardData) -> str:
+        """Why ``data`` does not fit rows [offset, offset + n) of ``split`` ("" if it does)."""
         n = data.n_images
         size = self.split_sizes.get(split, 0)
         if offset < 0 or offset + n > size:
-            raise ShardError(
+            return (
                 f"shard {shard_id}: rows [{offset}, {offset + n}) outside split {split!r} "
                 f"of {size} images in {self.tmp_path}"
             )
         arrays = dict(data.datasets())
         if set(arrays) != set(self.layouts):
-            raise ShardError(f"shard {shard_id}: datasets {sorted(arrays)} do not match the file")
+            return f"shard {shard_id}: datasets {sorted(arrays)} do not match the file"
         for name, arr in arrays.items():
             tail = self.layouts[name][0]
             if arr.shape != (n, *tail):
-                raise ShardError(
-                    f"shard {shard_id}: {name} has shape {arr.shape}, expected {(n, *tail)}"
-                )
-        dsets = self._dsets[split]
-        rows = slice(offset, offset + n)
-        for name, arr in arrays.items():
-            dsets[name][rows] = np.ascontiguousarray(arr, dtype=self.layouts[name][1])
-        dsets["shard_id"][rows] = np.full(n, shard_id, dtype=np.int64)
-        dsets["index_in_shard"][rows] = np.arange(n, dtype=np.int64)
+                return f"shard {shard_id}: {name} has shape {arr.shape}, expected {(n, *tail)}"
+        return ""
+
+    def write_shard(self, split: str, offset: int, shard_id: int, data: ShardData | None) -> None:
+        """Write ``data`` to rows [offset, offset + n) of the split's datasets. Under MPI-IO
+        this is one round: every rank calls it, ``data=None`` for a rank with no shard this
+        round. A shard that does not fit the layouts raises :class:`ShardError`, after the
+        round, with nothing of it written."""
+        problem = self._problem(split, offset, shard_id, data) if data is not None else ""
+        rows: dict[str, np.ndarray] = {}
+        if data is not None and not problem:
+            for name, arr in data.datasets():
+                rows[name] = np.ascontiguousarray(arr, dtype=self.layouts[name][1])
+            rows["shard_id"] = np.full(data.n_images, shard_id, dtype=np.int64)
+            rows["index_in_shard"] = np.arange(data.n_images, dtype=np.int64)
+        for s, dsets in self._dsets.items():
+            for name, dset in dsets.items():
+                arr = rows.get(name) if s == split else None
+                if self.comm is None:
+                    if arr is not None:
+                        dset[offset : offset + len(arr)] = arr
+                else:
+                    _collective_write(dset, offset, arr)
+        if problem:
+            raise ShardError(problem)
 
     def close(self, ok: bool = True) -> Path | None:
         """Close the file on every rank (collective); when every rank passed ``ok``, rename

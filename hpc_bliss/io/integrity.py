@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from hpc_bliss.errors import ShardError
+from hpc_bliss.io.schema import shard_name
 
 CHECKSUM = "Fletcher-32"
 #: what to do with a damaged shard
@@ -56,14 +57,14 @@ def _filter_failed(err: Exception) -> bool:
 
 def _stored_at(path: Path, dset: h5py.Dataset, row: int) -> tuple[Path, str, int]:
     """(file, dataset, row) where row ``row`` of ``dset`` is stored: ``dset`` itself, or for a
-    virtual dataset (dataset.h5) the shard file it comes from."""
-    if dset.is_virtual:
+    virtual dataset (dataset.h5) the shard file it comes from, found through the split's
+    ``shard_id`` and ``index_in_shard`` (HDF5 1.10 cannot give a virtual source's bounds)."""
+    group = dset.parent
+    if dset.is_virtual and "shard_id" in group and "index_in_shard" in group:
+        sid, local = int(group["shard_id"][row]), int(group["index_in_shard"][row])
         for source in dset.virtual_sources():
-            (lo, *_), (hi, *_) = source.vspace.get_select_bounds()
-            if lo <= row <= hi:
-                first = source.src_space.get_select_bounds()[0][0]
-                name = source.dset_name.lstrip("/")
-                return path.parent / source.file_name, name, row - lo + first
+            if Path(source.file_name).name == shard_name(sid):
+                return path.parent / source.file_name, source.dset_name.lstrip("/"), local
     return path, dset.name.lstrip("/"), row
 
 

@@ -33,8 +33,9 @@ from hpc_bliss.io.schema import (
     ShardFailure,
     ShardRecord,
     content_sha256,
+    shard_name,
 )
-from hpc_bliss.io.shards import ShardData, shard_name
+from hpc_bliss.io.shards import ShardData
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"

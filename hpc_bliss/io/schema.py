@@ -257,6 +257,11 @@ def storage(
     return keywords
 
 
+def shard_name(shard_id: int) -> str:
+    """The file name of shard ``shard_id`` in ``<output_dir>/shards/``."""
+    return f"shard-{shard_id:06d}.h5"
+
+
 def content_sha256(items: list[tuple[str, np.ndarray]]) -> str:
     """SHA-256 over (name, dtype, shape, bytes) of each ``(name, array)``, in the order given
     (:data:`DATASET_NAMES` for a shard): the same for the same data whoever wrote it."""

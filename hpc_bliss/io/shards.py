@@ -39,10 +39,6 @@ from hpc_bliss.io.schema import (
 )
 
 
-def shard_name(shard_id: int) -> str:
-    return f"shard-{shard_id:06d}.h5"
-
-
 @dataclass
 class ShardData:
     """The arrays of one shard (numpy, in their on-disk dtypes)."""

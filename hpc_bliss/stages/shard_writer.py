@@ -115,6 +115,9 @@ class ShardWriter:
         second look at the missing ones, for writers that died meanwhile."""
         for i, sid in enumerate(self.home, 1):
             self.one(sid, f"{i}/{len(self.home)}", bg, writer, home=True)
+        if writer is not None:  # mpio: lockstep rounds; a rank with one shard less sits one out
+            for _ in range(len(self.home), -(-self.cfg.generate.n_shards // self.writers)):
+                writer.write_shard("", 0, -1, None)
         if self.board is None:
             return
         for _ in range(2):
@@ -157,6 +160,8 @@ class ShardWriter:
             data, times = simulate_shard(self.cfg, sid, self.renderer)
         except Exception as err:  # noqa: BLE001 - report the shard, keep going
             self._fail(sid, claim, err)
+            if writer is not None:
+                writer.write_shard("", 0, -1, None)  # this round's collective writes need us
             return
         bg.submit(lambda: self._write(sid, step, claim, data, times, t0, writer))
 
