@@ -216,12 +216,12 @@ class CollectiveWriter:
             rows["index_in_shard"] = np.arange(data.n_images, dtype=np.int64)
         for s, dsets in self._dsets.items():
             for name, dset in dsets.items():
-                arr = rows.get(name) if s == split else None
+                mine = rows.get(name) if s == split else None
                 if self.comm is None:
-                    if arr is not None:
-                        dset[offset : offset + len(arr)] = arr
+                    if mine is not None:
+                        dset[offset : offset + len(mine)] = mine
                 else:
-                    _collective_write(dset, offset, arr)
+                    _collective_write(dset, offset, mine)
         if problem:
             raise ShardError(problem)
 
