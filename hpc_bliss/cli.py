@@ -48,6 +48,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hpc_bliss.stages.predict import predict
+
+    # `ckpt=PATH` is accepted as a short form of `predict.checkpoint=PATH`
+    overrides = [
+        "predict.checkpoint=" + o[5:] if o.startswith("ckpt=") else o for o in args.overrides
+    ]
+    return predict(load_config(args.config, overrides))
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from hpc_bliss.stages import pipeline
 
@@ -63,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("generate", cmd_generate, "simulate HDF5 shards (under mpirun/srun: one rank each)"),
         ("train", cmd_train, "train the encoder on train.data_dir's shards (DDP if devices>1)"),
         ("evaluate", cmd_evaluate, "score evaluate.checkpoint on evaluate.data_dir's test split"),
+        ("predict", cmd_predict, "catalog real survey fields (predict.fields) with a checkpoint"),
         ("pipeline", cmd_pipeline, "run every stage on this machine (a small local default)"),
     ):
         p = sub.add_parser(name, help=text, description=text)
@@ -75,13 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                 default=2,
                 help="MPI ranks for generate/evaluate and DDP processes for train",
             )
-        elif name in ("train", "evaluate"):
-            pass
         elif name == "generate":
             p.add_argument(
                 "--overwrite", action="store_true", help="replace shards already in output_dir"
             )
-        else:
+        elif name == "simulate":
             p.add_argument("--out", help="output directory (default runs/<name>/preview)")
             p.add_argument(
                 "--n-images", type=int, help="images to render (default generate.batch_size)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# GPU check (under 8 minutes on one CUDA GPU): environment, the GPU-marked tests, the render
+# GPU check (under 10 minutes on one CUDA GPU): environment, the GPU-marked tests, the render
 # benchmark on CUDA beside the CPU (and GalSim where it is installed), generation against the
-# disk's raw write rate, and the training loader.
+# disk's raw write rate, predict's fields per second, and the training loader.
 # Run from the repository root on a machine with a GPU:   bash scripts/gpu_check.sh
 # Uses the active python (or $PYTHON) with the repository on PYTHONPATH; wheels of missing
 # packages (e.g. omegaconf) may be placed in .whl/ and are installed to /tmp/site first.
@@ -27,6 +27,11 @@ timeout 240 "$py" scripts/bench_render.py --n-galsim 2 --n-ours 128 --n-gpu 1638
 echo "== generation on CUDA: one writer, sequential vs overlapped, against the disk's raw rate"
 timeout 240 "$py" scripts/bench_generate.py --device cuda --shards 16 --images 256 --repeats 3 \
   --no-ranks
+echo "== predict on CUDA: encoding throughput, five-band fields per second (goal >= 12)"
+for batch in 19 266; do
+  timeout 150 "$py" scripts/bench_predict.py configs/sdss_m2.yaml \
+    survey.field=tests/data/sdss-cut/2583/2/136 --device cuda --fields 20 --batch-size "$batch"
+done
 echo "== training benchmark on m2 shards generated here (CUDA)"
 data="$(mktemp -d)/m2"
 timeout 120 "$py" -m hpc_bliss generate configs/m2.yaml generate.output_dir="$data" \

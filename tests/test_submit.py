@@ -117,7 +117,7 @@ def test_refused_before_submission(smoke_data: Path, tmp_path: Path) -> None:
 
 def test_kinds_and_clusters_offered(capsys) -> None:
     """Only the kinds that work are offered; the clusters are the config's choices."""
-    assert KINDS == ("train", "pipeline")
+    assert KINDS == ("train", "pipeline", "predict")
     assert CLUSTERS == ("local", "slurm", "debug")
     for argv in (
         ["evaluate", "c.yaml"],

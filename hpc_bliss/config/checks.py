@@ -97,9 +97,38 @@ def check_evaluate(e: Any) -> None:
     require(e.border_tiles >= 0, "evaluate.border_tiles", "≥ 0", e.border_tiles)
 
 
+def check_model(m: Any, p: Any, border_tiles: int) -> None:
+    """The lensing head's cells tile the image and leave interior cells to score."""
+    head = m.lensing
+    tpc = head.tiles_per_cell
+    require(tpc >= 1, "model.lensing.tiles_per_cell", "an integer ≥ 1", tpc)
+    require(head.hidden >= 2, "model.lensing.hidden", "an integer ≥ 2", head.hidden)
+    require(head.weight > 0, "model.lensing.weight", "> 0", head.weight)
+    if not head.enabled:
+        return
+    grid = (p.image_height // p.tile_slen, p.image_width // p.tile_slen)
+    expected = f"a divisor of the {grid[0]}×{grid[1]} tile grid (prior image size / tile_slen)"
+    require(all(n % tpc == 0 for n in grid), "model.lensing.tiles_per_cell", expected, tpc)
+    dropped = -(-border_tiles // tpc)  # cells holding a border tile are not scored
+    expected = (
+        f"a cell grid with cells left once the {dropped} per side holding one of the "
+        f"evaluate.border_tiles={border_tiles} are dropped"
+    )
+    require(min(grid) // tpc > 2 * dropped, "model.lensing.tiles_per_cell", expected, tpc)
+
+
+def check_predict(p: Any) -> None:
+    """The predict section's counts."""
+    require(p.n_samples >= 0, "predict.n_samples", "an integer ≥ 0", p.n_samples)
+    require(p.batch_size >= 1, "predict.batch_size", "an integer ≥ 1", p.batch_size)
+    require(p.cpu_threads >= 1, "predict.cpu_threads", "an integer ≥ 1", p.cpu_threads)
+
+
 def check_all(cfg: Any) -> None:
     """Every section's rules, in the order of the file."""
     check_prior(cfg.prior)
     check_render(cfg.render, list(cfg.prior.bands))
     check_generate(cfg.generate)
+    check_model(cfg.model, cfg.prior, cfg.evaluate.border_tiles)
     check_evaluate(cfg.evaluate)
+    check_predict(cfg.predict)

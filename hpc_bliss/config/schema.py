@@ -15,6 +15,10 @@ from typing import Literal
 
 from omegaconf import II
 
+from hpc_bliss.survey import values as survey_values
+
+survey_values.register()  # ${survey:KEY} in a config reads survey.field
+
 #: the five SDSS bands, in wavelength order
 SDSS_BANDS = ("u", "g", "r", "i", "z")
 #: the per-band PSF parameters, in the order of a (B, 6) PSF tensor
@@ -150,6 +154,24 @@ class GenerateConfig:
 
 
 @dataclass
+class LensingHeadConfig:
+    """The encoder's weak-lensing head: q(γ1, γ2, κ | image) per cell of detection tiles, one
+    normal per component (learned mean and scale); its truth is the cell's mean tile field."""
+
+    enabled: bool = False  #: add the head and its NLL to the loss (off: the encoder of before)
+    tiles_per_cell: int = 8  #: cell side in detection tiles; must divide the tile grid
+    hidden: int = 32  #: channels of the lensing head
+    weight: float = 1.0  #: weight of the lensing NLL (mean over cells) added to the loss
+
+
+@dataclass
+class ModelConfig:
+    """Encoder heads beyond detection (the trunk's size is ``train.hidden``, ``train.n_blocks``)."""
+
+    lensing: LensingHeadConfig = field(default_factory=LensingHeadConfig)
+
+
+@dataclass
 class TrainConfig:
     """Encoder training."""
 
@@ -188,6 +210,29 @@ class EvaluateConfig:
 
 
 @dataclass
+class SurveyConfig:
+    """The real survey field a config is matched to: ``${survey:KEY}`` values in the config
+    (bands, sky, gain, PSF) are read from it (:mod:`hpc_bliss.survey.values`)."""
+
+    field: str = ""  #: an SDSS field directory, RUN/CAMCOL/FIELD ("": none)
+
+
+@dataclass
+class PredictConfig:
+    """Cataloguing real survey fields with a trained encoder (``hpc-bliss predict``)."""
+
+    checkpoint: str = "${train.output_dir}/checkpoints/best.ckpt"  #: the encoder (ckpt=PATH)
+    fields: list[str] = field(default_factory=list)  #: SDSS field directories to catalog
+    output_dir: str = "runs/predict"  #: a directory per field: catalog.h5 and PNGs
+    n_samples: int = 0  #: posterior samples written beside the mode (0: the mode only)
+    batch_size: int = 16  #: crops encoded at once
+    device: str = II("generate.device")  #: "auto", "cpu" or "cuda", as generate.device
+    cpu_threads: int = 1  #: torch threads per rank on CPU (fixed: the same output for any ranks)
+    residual: bool = True  #: render the catalog: residual map (σ) and its PNGs
+    force: bool = False  #: predict with a checkpoint trained for another survey config
+
+
+@dataclass
 class LaunchConfig:
     """Where and how jobs run; site values come from configs/site/*.yaml or the environment."""
 
@@ -209,6 +254,9 @@ class Config:
     prior: PriorConfig = field(default_factory=PriorConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    survey: SurveyConfig = field(default_factory=SurveyConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)

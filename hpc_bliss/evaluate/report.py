@@ -1,6 +1,6 @@
 """The evaluation report: report.json (every number), report.md (tables) and PNGs (confusion
 matrix, precision/recall against magnitude, one held-out image with true, predicted and SEP
-sources marked)."""
+sources marked, and with a lensing head the lensing maps of :mod:`.lensing_report`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from hpc_bliss.evaluate.lensing_report import lensing_png, markdown_lines
 from hpc_bliss.evaluate.scoring import Example, Report
 
 
@@ -62,6 +63,8 @@ def markdown(report: Report) -> str:
         "",
         "![confusion](confusion.png) ![detection](detection_vs_mag.png) ![example](example.png)",
     ]
+    if "lensing" in report:
+        lines += markdown_lines(report["lensing"])
     return "\n".join(lines) + "\n"
 
 
@@ -156,4 +159,7 @@ def write_report(
     _confusion_png(report, paths[2])
     _detection_png(report, paths[3])
     _example_png(example, paths[4])
+    if "lensing" in report and example["lensing"] is not None:
+        paths.append(out / "lensing_map.png")
+        lensing_png(example["lensing"], paths[-1])
     return paths

@@ -1,21 +1,24 @@
 """Scoring one batch of held-out images, and the report assembled from every process's counts.
 
-Everything a process counts is a sum (:mod:`hpc_bliss.evaluate.metrics`), so the counts of
-several processes merge by addition and 2 processes give exactly the result of 1.
+Everything a process counts is a sum (:mod:`hpc_bliss.evaluate.metrics`, and for the lensing
+head :mod:`hpc_bliss.evaluate.lensing`), so the counts of several processes merge by addition
+and 2 processes give exactly the result of 1.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import torch
 from torch import Tensor
 
 from hpc_bliss.catalog import FullCatalog, TileCatalog
 from hpc_bliss.evaluate.baselines import sep_catalog, sep_tile_counts
+from hpc_bliss.evaluate.lensing import LensingCounts, LensingScorer, score_lensing
 from hpc_bliss.evaluate.matching import match_catalogs
 from hpc_bliss.evaluate.metrics import DetectionCounts, TileCounts
+from hpc_bliss.model.lensing import LensingDist
 
 #: edges of the r-magnitude bins of precision and recall
 MAG_BINS = (16.0, 18.0, 19.0, 20.0, 21.0, 22.0, 23.0, 24.0)
@@ -55,16 +58,19 @@ class Report(TypedDict):
     checkpoint: str
     seconds: float
     config: str
+    lensing: NotRequired[dict[str, Any]]  #: with a lensing head: lensing.LensingCounts.metrics
 
 
 class Example(TypedDict):
-    """One held-out image with its true, predicted and SEP catalogs (for example.png)."""
+    """One held-out image with its true, predicted and SEP catalogs (for example.png), and with
+    a lensing head its interior cells' true and predicted fields (for lensing_map.png)."""
 
     image: Tensor
     truth: FullCatalog
     pred: FullCatalog
     sep: FullCatalog
     offset: int
+    lensing: dict[str, Tensor] | None
 
 
 def interior(cat: FullCatalog, offset: float, height: int, width: int) -> FullCatalog:
@@ -97,12 +103,13 @@ class BatchScorer:
     nelec_per_nmgy: list[float]
     sep_threshold: float
     match_slack: float
+    lensing: LensingScorer | None = None  #: score the lensing head (and its baselines)
 
 
 class Accumulator:
     """Every count of one process; merged across processes by summation."""
 
-    def __init__(self, max_count: int, n_bands: int) -> None:
+    def __init__(self, max_count: int, n_bands: int, lensing_cells: int = 0) -> None:
         self.parts: dict[str, Any] = {
             "encoder_tiles": TileCounts(max_count),
             "encoder_tiles_unfiltered": TileCounts(max_count),
@@ -110,13 +117,22 @@ class Accumulator:
             "encoder_detection": DetectionCounts(list(MAG_BINS), n_bands),
             "sep_detection": DetectionCounts(list(MAG_BINS), n_bands),
         }
+        if lensing_cells:  # cells of lensing_cells × lensing_cells tiles
+            self.parts["lensing"] = LensingCounts(lensing_cells)
         self.example: Example | None = None
 
     def add(
-        self, s: BatchScorer, images: Tensor, background: Tensor, truth_all: TileCatalog, pred
+        self,
+        s: BatchScorer,
+        images: Tensor,
+        background: Tensor,
+        truth_all: TileCatalog,
+        pred: TileCatalog,
+        q: LensingDist | None = None,
     ) -> None:
         """Score one batch: the encoder's prediction ``pred`` (cropped to the interior, as
-        Encoder.sample gives it) and SEP run here on the same images, against the truth."""
+        Encoder.sample gives it) and SEP run here on the same images, against the truth; with
+        ``s.lensing``, the lensing head's ``q`` (every cell) and its baselines too."""
         b, ts = s.border, s.tile_slen
         truth = truth_all.filter_by_flux(s.min_flux) if s.min_flux > 0 else truth_all
         t_in = truth.symmetric_crop(b) if b else truth
@@ -132,6 +148,9 @@ class Accumulator:
         s_full = interior(sep, b * ts, t_in.n_tiles_h * ts, t_in.n_tiles_w * ts)
         p["encoder_detection"].update(t_full, p_full, match_catalogs(t_full, p_full, s.match_slack))
         p["sep_detection"].update(t_full, s_full, match_catalogs(t_full, s_full, s.match_slack))
+        maps = None
+        if s.lensing is not None and q is not None:
+            maps = score_lensing(p["lensing"], s.lensing, images, truth_all, sep, q)
         if self.example is None:
             self.example = Example(
                 image=images[0],
@@ -139,6 +158,7 @@ class Accumulator:
                 pred=p_full.select([0]),
                 sep=s_full.select([0]),
                 offset=b * ts,
+                lensing=maps,
             )
 
     def to_dict(self) -> dict:
@@ -148,7 +168,8 @@ class Accumulator:
     def merged(dicts: list[dict]) -> dict:
         out = {}
         for key in dicts[0]:
-            cls = TileCounts if key.endswith(("tiles", "unfiltered")) else DetectionCounts
+            cls: Any = TileCounts if key.endswith(("tiles", "unfiltered")) else DetectionCounts
+            cls = LensingCounts if key == "lensing" else cls
             total = cls.from_dict(dicts[0][key])
             for d in dicts[1:]:
                 total = total + cls.from_dict(d[key])
@@ -184,7 +205,7 @@ def make_report(
     enc_det, sep_det = merged["encoder_detection"].metrics(), merged["sep_detection"].metrics()
     mode, mode_rate = merged["encoder_tiles"].most_frequent()
     unfiltered = merged["encoder_tiles_unfiltered"].metrics()
-    return Report(
+    report = Report(
         encoder={
             **headline(enc_tiles, enc_det),
             "detection": enc_det,
@@ -206,6 +227,9 @@ def make_report(
         seconds=seconds,
         config=config,
     )
+    if "lensing" in merged:
+        report["lensing"] = merged["lensing"].metrics()
+    return report
 
 
 def headline_lines(report: Report) -> list[str]:
@@ -213,7 +237,7 @@ def headline_lines(report: Report) -> list[str]:
         return "n/a" if x is None else f"{x:.4f}"
 
     e, s, m = report["encoder"], report["sep"], report["most_frequent"]
-    return [
+    lines = [
         f"[evaluate] {report['n_tiles']} interior tiles of {len(report['test_shards'])} test "
         f"shards (border {report['border_tiles']}, truth above "
         f"{report['min_flux_threshold']} nmgy)",
@@ -223,3 +247,11 @@ def headline_lines(report: Report) -> list[str]:
         f"{fmt(s['n_sources_within_1'])}",
         f"[evaluate] detection F1: encoder {fmt(e['f1'])}, SEP {fmt(s['f1'])}",
     ]
+    if "lensing" in report:
+        lens = report["lensing"]
+        mse = {k: lens[k]["shear_mse"] for k in ("encoder", "zero", "oracle", "moments")}
+        lines.append(
+            f"[evaluate] lensing: shear MSE over {lens['n_cells']} cells: "
+            + ", ".join(f"{k} {'n/a' if v is None else f'{v:.3g}'}" for k, v in mse.items())
+        )
+    return lines

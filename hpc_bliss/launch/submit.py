@@ -21,6 +21,7 @@ from hpc_bliss.errors import LaunchError
 from hpc_bliss.launch import chain, train_job
 from hpc_bliss.launch.shape import JobShape
 from hpc_bliss.launch.site import CLUSTERS
+from hpc_bliss.predict.submit import cmd_submit_predict
 
 
 def shape_from_args(args: argparse.Namespace, launch: LaunchConfig) -> JobShape:
@@ -72,6 +73,7 @@ def cmd_submit_pipeline(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_submit_train,
     "pipeline": cmd_submit_pipeline,
+    "predict": cmd_submit_predict,
 }
 KINDS = tuple(COMMANDS)
 
@@ -92,7 +94,8 @@ def add_submit_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "kind",
         choices=KINDS,
-        help="train, or pipeline (generate → train → evaluate as dependent SLURM jobs)",
+        help="train, pipeline (generate → train → evaluate as dependent SLURM jobs), or "
+        "predict (jobs/predict.sh: catalog predict.fields)",
     )
     p.add_argument("config", help="YAML config file, e.g. configs/m2.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.devices=4")

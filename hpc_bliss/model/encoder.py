@@ -8,7 +8,9 @@ neighbouring tiles). Two heads read the tile features:
 
 * the marginal head: q of the tile's count (0, 1, 2+) and of its brightest source;
 * the conditional head: q of a second source given the first (its locs, log r flux, type and
-  presence, embedded and concatenated with the features).
+  presence, embedded and concatenated with the features);
+* optionally the lensing head (:mod:`hpc_bliss.model.lensing`): q of the shear and convergence
+  per cell of ``lensing_tiles_per_cell`` × ``lensing_tiles_per_cell`` tiles.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from hpc_bliss.catalog import REF_BAND, TileCatalog
+from hpc_bliss.model.lensing import LensingDist, LensingHead
 from hpc_bliss.model.variational import VariationalDist
 
 MAX_SOURCES = 2  #: sources per tile the encoder can report
@@ -72,6 +75,8 @@ class Encoder(nn.Module):
         use_background: append ``asinh(background / flux_scale)`` as B constant channels.
         full_res_blocks: residual blocks at full resolution.
         ref_band: band whose log flux conditions the second source.
+        lensing_tiles_per_cell: cell side, tiles, of the lensing head (0: no lensing head).
+        lensing_hidden: channels of the lensing head.
     """
 
     def __init__(
@@ -86,6 +91,8 @@ class Encoder(nn.Module):
         use_background: bool = False,
         full_res_blocks: int = 1,
         ref_band: int = REF_BAND,
+        lensing_tiles_per_cell: int = 0,
+        lensing_hidden: int = 32,
     ) -> None:
         super().__init__()
         if tile_slen < 1 or hidden < 2 or n_bands < 1 or border_tiles < 0:
@@ -112,6 +119,11 @@ class Encoder(nn.Module):
         )
         n_cond = VariationalDist.n_params(n_bands, False)
         self.cond_head = _head(2 * hidden, hidden, n_cond, kernel=3)
+        self.lensing_head: LensingHead | None = None
+        if lensing_tiles_per_cell > 0:  # built last: without it, the same parameters and init
+            self.lensing_head = LensingHead(
+                hidden, n_bands, lensing_tiles_per_cell, lensing_hidden, self.ref_band
+            )
 
     def normalize(self, images: Tensor, background: Tensor | None = None) -> Tensor:
         """(N, B, H, W) nmgy -> network input (N, B or 2B, H, W)."""
@@ -158,6 +170,13 @@ class Encoder(nn.Module):
         params = self.cond_head(x).permute(0, 2, 3, 1)
         return VariationalDist(params, self.n_bands, with_counts=False)
 
+    def lensing(self, features: Tensor, images: Tensor) -> LensingDist:
+        """q(γ1, γ2, κ) per cell (N, Ht / c, Wt / c, 3), c = ``lensing_tiles_per_cell``, from the
+        tile features of ``images`` (N, B, H, W) nmgy and the images themselves."""
+        if self.lensing_head is None:
+            raise ValueError("this encoder has no lensing head (lensing_tiles_per_cell = 0)")
+        return self.lensing_head(features, images)
+
     @torch.no_grad()
     def sample(
         self,
@@ -171,7 +190,13 @@ class Encoder(nn.Module):
         The first source comes from the marginal head; where the count is 2, the second comes
         from the conditional head given the first. Shapes: (N, Ht - 2b, Wt - 2b, ...).
         """
-        features = self(images, background)
+        return self.sample_features(self(images, background), use_mode, generator)
+
+    @torch.no_grad()
+    def sample_features(
+        self, features: Tensor, use_mode: bool = True, generator: torch.Generator | None = None
+    ) -> TileCatalog:
+        """:meth:`sample` from tile features already computed (``self(images)``)."""
 
         def point(q: VariationalDist) -> dict[str, Tensor]:
             return q.mode() if use_mode else q.sample(generator)

@@ -1,5 +1,7 @@
 """The `evaluate` stage: the encoder (posterior mode), SEP and "always the most frequent count"
-on the test split's shards, interior tiles only, written as report.json / report.md / PNGs.
+on the test split's shards, interior tiles only, written as report.json / report.md / PNGs;
+with a lensing head, also its shear and convergence on the interior cells against the
+baselines of :mod:`hpc_bliss.evaluate.lensing`.
 
 Ranks (mpirun/srun) split the test shards; every number is a sum of counts, gathered and added
 on rank 0, so 2 processes give exactly the result of 1. Each test shard is validated before it
@@ -19,6 +21,7 @@ from omegaconf import OmegaConf
 
 from hpc_bliss.config import Config, to_yaml
 from hpc_bliss.errors import ConfigError, ShardError
+from hpc_bliss.evaluate.lensing import LensingScorer
 from hpc_bliss.evaluate.scoring import (
     Accumulator,
     BatchScorer,
@@ -74,6 +77,27 @@ def check_compatible(cfg: Config, data: ShardDataset, hp: dict, checkpoint: str 
         )
 
 
+def lensing_scorer(cfg: Config, data: ShardDataset, hp: dict) -> LensingScorer | None:
+    """How to score the checkpoint's lensing head (None without one): its cells, less those
+    holding one of the ``evaluate.border_tiles``; refused where the data's tiles (those of the
+    config's prior, which :func:`check_compatible` checked) do not make whole cells or leave
+    none inside."""
+    from hpc_bliss.evaluate.shapes import psf_covariance  # renders a star: only needed here
+
+    tpc = int(hp.get("lensing_tiles_per_cell", 0))
+    if tpc <= 0:
+        return None
+    border = -(-int(cfg.evaluate.border_tiles) // tpc)
+    h, w = cfg.prior.image_height // data.tile_slen, cfg.prior.image_width // data.tile_slen
+    if h % tpc or w % tpc or min(h, w) // tpc <= 2 * border:
+        raise ConfigError(
+            f"evaluate: the checkpoint's lensing cells of {tpc}×{tpc} tiles do not tile the "
+            f"{h}×{w} tiles of {data.data_dir} with cells left inside evaluate.border_tiles="
+            f"{cfg.evaluate.border_tiles}"
+        )
+    return LensingScorer(tpc, border, psf_covariance(cfg.render))
+
+
 def _score_shards(
     data: ShardDataset, mine: list[int], scorer: BatchScorer, encoder, device, acc, log, tag
 ) -> None:
@@ -84,8 +108,11 @@ def _score_shards(
             images = torch.stack([it["images"] for it in items])
             background = torch.stack([it["background"] for it in items])
             with torch.no_grad():
-                pred = encoder.sample(images.to(device), use_mode=True).to("cpu")
-            acc.add(scorer, images, background, data.to_tile_catalog(items), pred)
+                on_device = images.to(device)
+                features = encoder(on_device)
+                pred = encoder.sample_features(features, use_mode=True).to("cpu")
+                q = encoder.lensing(features, on_device).to("cpu") if scorer.lensing else None
+            acc.add(scorer, images, background, data.to_tile_catalog(items), pred, q)
         log(f"{tag} shard {data.shard_ids[k]:06d} done")
 
 
@@ -145,8 +172,10 @@ def evaluate(
             nelec_per_nmgy=list(cfg.render.nelec_per_nmgy),
             sep_threshold=float(e.sep_threshold),
             match_slack=float(e.match_slack),
+            lensing=lensing_scorer(cfg, data, hp),
         )
-        acc = Accumulator(max_count=cfg.prior.max_sources, n_bands=len(data.bands))
+        lensing_cells = scorer.lensing.tiles_per_cell if scorer.lensing else 0
+        acc = Accumulator(cfg.prior.max_sources, len(data.bands), lensing_cells)
         mine = list(range(env.rank, len(data.shard_ids), env.world))
         tag = f"[evaluate rank {env.rank}/{env.world} {socket.gethostname()}]"
         t0 = time.perf_counter()

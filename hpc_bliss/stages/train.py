@@ -132,6 +132,7 @@ def _train(cfg: Config) -> dict:
         learning_rate=t.learning_rate,
         min_flux_threshold=t.min_flux_threshold,
         total_steps=max(1, math.ceil(total)),
+        **lensing_arguments(cfg),
     )
     trainer = build_trainer(cfg, total)
     skipped = _skipped_metrics(data) if t.on_bad_shard == "skip" else {}
@@ -150,6 +151,19 @@ def _train(cfg: Config) -> dict:
         "rank": trainer.global_rank,
         "world_size": trainer.world_size,
         "host": socket.gethostname(),
+    }
+
+
+def lensing_arguments(cfg: Config) -> dict:
+    """The lensing head's EncoderModule arguments (none when ``model.lensing.enabled`` is
+    false: the encoder and its loss are then exactly those without a lensing head)."""
+    head = cfg.model.lensing
+    if not head.enabled:
+        return {}
+    return {
+        "lensing_tiles_per_cell": head.tiles_per_cell,
+        "lensing_hidden": head.hidden,
+        "lensing_weight": head.weight,
     }
 
 

@@ -1,5 +1,6 @@
-"""The LightningModule: the encoder, its double-detection loss, Adam with a cosine schedule,
-and validation n_sources accuracy merged across processes as sums."""
+"""The LightningModule: the encoder, its double-detection loss (plus, with a lensing head, its
+weighted lensing NLL), Adam with a cosine schedule, and validation n_sources accuracy merged
+across processes as sums."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from hpc_bliss.catalog import TileCatalog
 from hpc_bliss.evaluate.metrics import TileCounts
 from hpc_bliss.model import Encoder, double_detection_nll
+from hpc_bliss.model.lensing import lensing_target
 
 
 class EncoderModule(pl.LightningModule):
@@ -22,32 +24,60 @@ class EncoderModule(pl.LightningModule):
         learning_rate: float = 1e-3,
         min_flux_threshold: float = 0.0,
         total_steps: int = 1000,
+        lensing_tiles_per_cell: int = 0,
+        lensing_hidden: int = 32,
+        lensing_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # plain numbers only: checkpoints load with weights_only
-        self.encoder = Encoder(n_bands, tile_slen, hidden, n_blocks, border_tiles)
+        self.encoder = Encoder(
+            n_bands,
+            tile_slen,
+            hidden,
+            n_blocks,
+            border_tiles,
+            lensing_tiles_per_cell=lensing_tiles_per_cell,
+            lensing_hidden=lensing_hidden,
+        )
         self.tile_slen, self.border_tiles = tile_slen, border_tiles
         self.min_flux_threshold, self.learning_rate = min_flux_threshold, learning_rate
-        self.total_steps = total_steps
+        self.total_steps, self.lensing_weight = total_steps, lensing_weight
 
     def _catalog(self, batch: dict) -> TileCatalog:
         return TileCatalog(self.tile_slen, dict(batch["tile_catalog"]))
 
-    def _loss(self, batch: dict) -> torch.Tensor:
-        features = self.encoder(batch["images"])
-        nll = double_detection_nll(
-            self.encoder, features, self._catalog(batch), self.min_flux_threshold
-        )
-        return nll.mean()
+    def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """``loss``: the detection NLL (mean over tiles), plus with a lensing head
+        ``lensing_weight`` × its NLL (mean over cells); then the parts, for the logs."""
+        images, target = batch["images"], self._catalog(batch)
+        features = self.encoder(images)
+        nll = double_detection_nll(self.encoder, features, target, self.min_flux_threshold)
+        detection = nll.mean()
+        head = self.encoder.lensing_head
+        if head is None:
+            return {"loss": detection}
+        q = self.encoder.lensing(features, images)
+        truth = lensing_target(target, head.tiles_per_cell)
+        lensing = q.nll(truth).mean()
+        return {
+            "loss": detection + self.lensing_weight * lensing,
+            "detection_nll": detection.detach(),
+            "lensing_nll": lensing.detach(),
+            "shear_mse": ((q.mean - truth)[..., :2] ** 2).mean().detach(),
+        }
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["images"].shape[0])
+        losses, n = self._losses(batch), batch["images"].shape[0]
+        loss = losses.pop("loss")
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        for key, value in losses.items():
+            self.log(f"train/{key}", value, batch_size=n)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         n = batch["images"].shape[0]
-        self.log("val/loss", self._loss(batch), prog_bar=True, sync_dist=True, batch_size=n)
+        for key, value in self._losses(batch).items():
+            self.log(f"val/{key}", value, prog_bar=key == "loss", sync_dist=True, batch_size=n)
         truth = self._catalog(batch)
         if self.min_flux_threshold > 0:
             truth = truth.filter_by_flux(self.min_flux_threshold)
