@@ -64,7 +64,7 @@ class ShardData:
         return int(self.images.shape[0])
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """Flush a file's or a directory's data to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -81,9 +81,9 @@ def _atomic(path: Path) -> Iterator[Path]:
     tmp = path.with_name(path.name + ".tmp")
     try:
         yield tmp
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
-        _fsync(path.parent)
+        fsync_path(path.parent)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if not isinstance(err, OSError):

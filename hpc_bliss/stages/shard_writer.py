@@ -26,7 +26,13 @@ from hpc_bliss.io.manifest import (
     split_of,
 )
 from hpc_bliss.io.schema import CATALOG_DTYPES, ShardFailure, ShardRecord
-from hpc_bliss.io.shards import ShardData, read_attrs, validate_shard, write_shard
+from hpc_bliss.io.shards import (
+    ShardData,
+    fsync_path,
+    read_attrs,
+    validate_shard,
+    write_shard,
+)
 from hpc_bliss.parallel.env import ProcessEnv
 from hpc_bliss.seeding import make_generator
 from hpc_bliss.simulate.batch import simulate_batch
@@ -230,7 +236,7 @@ class ShardWriter:
         except OSError as err:
             staging.unlink(missing_ok=True)
             raise ShardError(f"cannot write {path}: {err}") from err
-        _fsync_dir(path.parent)
+        fsync_path(path.parent)
         self.board.release(claim)
         return shard_file_record(path, meta)
 
@@ -242,11 +248,3 @@ class ShardWriter:
         if claim is not None and self.board is not None:
             self.board.fail(claim, failure)
         self.log(f"{self.tag} shard {sid:06d} FAILED: {error}")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
