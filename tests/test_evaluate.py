@@ -175,4 +175,4 @@ def test_the_default_checkpoint_is_the_best_else_the_last(trained, tmp_path):
     lines: list[str] = []
     report = evaluate(cfg, log=lines.append)
     assert report is not None and report["checkpoint"] == str(only_last / "last.ckpt")
-    assert f"[evaluate] no {only_last / 'best.ckpt'}: scoring {only_last / 'last.ckpt'}" in lines
+    assert f"[evaluate] no {only_last / 'best.ckpt'}: using {only_last / 'last.ckpt'}" in lines

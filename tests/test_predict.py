@@ -13,6 +13,7 @@ from torch import nn
 
 from hpc_bliss.config import load_config
 from hpc_bliss.errors import ConfigError
+from hpc_bliss.io.manifest import read_manifest
 from hpc_bliss.model import Encoder
 from hpc_bliss.predict.catalog_io import COLUMNS, read_catalog
 from hpc_bliss.predict.checks import PROVENANCE_KEY
@@ -253,32 +254,38 @@ def test_bands_that_do_not_match_the_model_are_refused(trained, tmp_path):
 
 
 def test_a_checkpoint_for_another_survey_is_refused_unless_forced(trained, tmp_path):
-    """A checkpoint that records its training config (PROVENANCE_KEY) trained on m2.yaml's
-    default PSF and sky: refused for this field's config, accepted with predict.force=true."""
-    _, overrides = trained
+    """Training records its data's config in the checkpoint (PROVENANCE_KEY): predict accepts
+    it for the config it was trained on, and refuses it for a survey config with another pixel
+    scale and sky (as another survey's field would have) unless predict.force=true."""
+    root, overrides = trained
     ckpt_path = [o for o in overrides if o.startswith("predict.checkpoint=")][0].split("=", 1)[1]
     ckpt = torch.load(ckpt_path, weights_only=True)
-    from hpc_bliss.config import to_yaml
-
-    other = load_config(CONFIGS / "m2.yaml", ["prior.image_height=32", "prior.image_width=32"])
-    ckpt[PROVENANCE_KEY] = {"config_yaml": to_yaml(other)}
-    path = tmp_path / "m2.ckpt"
-    torch.save(ckpt, path)
-    base = [f"predict.checkpoint={path}", f"predict.output_dir={tmp_path / 'out'}"]
-    with pytest.raises(ConfigError, match=f"{path}: trained for another survey config"):
+    assert ckpt[PROVENANCE_KEY]["config_yaml"] == read_manifest(root / "data")["config_yaml"]
+    own: list[str] = []
+    assert predict(_config(trained, f"predict.output_dir={tmp_path / 'own'}"), log=own.append) == 0
+    assert not any("records no training config" in line or "WARNING" in line for line in own)
+    other = ["render.pixel_scale=0.2", "render.sky=[1.0,2.0,3.0,4.0,5.0]"]
+    base = [*other, f"predict.output_dir={tmp_path / 'out'}"]
+    with pytest.raises(ConfigError, match=f"{ckpt_path}: trained for another survey config"):
         predict(_config(trained, *base), log=lambda s: None)
     lines: list[str] = []
     assert predict(_config(trained, *base, "predict.force=true"), log=lines.append) == 0
     assert any("WARNING" in line and "predict.force=true" in line for line in lines)
-    ckpt[PROVENANCE_KEY] = {"config_yaml": to_yaml(_config(trained))}  # its own: accepted
+
+
+def test_a_checkpoint_without_a_training_record_is_used_with_a_note(trained, tmp_path):
+    """Checkpoints written before training recorded its data cannot be checked: predict says
+    so in one line and goes on."""
+    _, overrides = trained
+    ckpt_path = [o for o in overrides if o.startswith("predict.checkpoint=")][0].split("=", 1)[1]
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    del ckpt[PROVENANCE_KEY]
+    path = tmp_path / "old.ckpt"
     torch.save(ckpt, path)
-    assert (
-        predict(
-            _config(trained, *base[:1], f"predict.output_dir={tmp_path / 'own'}"),
-            log=lambda s: None,
-        )
-        == 0
-    )
+    lines: list[str] = []
+    cfg = _config(trained, f"predict.checkpoint={path}", f"predict.output_dir={tmp_path / 'o'}")
+    assert predict(cfg, log=lines.append) == 0
+    assert f"[predict] {path} records no training config: its survey cannot be checked" in lines
 
 
 @pytest.mark.gpu

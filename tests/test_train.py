@@ -11,11 +11,13 @@ import torch
 
 from hpc_bliss.catalog import TileCatalog
 from hpc_bliss.config import load_config
+from hpc_bliss.io.manifest import read_manifest
 from hpc_bliss.io.reader import ShardDataset
 from hpc_bliss.simulate.render import Renderer
 from hpc_bliss.stages.generate import generate
 from hpc_bliss.stages.train import train
 from hpc_bliss.train.augment import _flip, _rot90
+from hpc_bliss.train.lit_module import PROVENANCE_KEY
 from tests.conftest import CONFIGS, ROOT
 
 
@@ -75,7 +77,11 @@ def test_short_run_lowers_the_loss_and_resumes(smoke_data, tmp_path):
     second = train(_cfg(smoke_data, out, "train.max_epochs=8", *common))
     assert second["global_step"] == 16  # resumed from last.ckpt, not from zero
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
-    assert torch.load(second["last"], weights_only=True)["global_step"] == 16
+    resumed = torch.load(second["last"], weights_only=True)
+    assert resumed["global_step"] == 16
+    # every checkpoint records the training data's config (what survey it was trained for)
+    recorded = read_manifest(smoke_data)["config_yaml"]
+    assert ckpt[PROVENANCE_KEY] == resumed[PROVENANCE_KEY] == {"config_yaml": recorded}
 
 
 def test_ddp_two_processes_train_on_disjoint_data(smoke_data, tmp_path):

@@ -127,8 +127,9 @@ def sbatch_command(
     return cmd
 
 
-def _sbatch(stage: str, cmd: list[str], env: Mapping[str, str], cwd: Path) -> str:
-    """Run ``cmd`` (sbatch --parsable ...); the job id, or :class:`LaunchError` naming the stage."""
+def sbatch_job(what: str, cmd: list[str], env: Mapping[str, str], cwd: Path) -> str:
+    """Run ``cmd`` (sbatch --parsable ...); the job id, or :class:`LaunchError` that starts
+    with ``what`` (e.g. "pipeline stage 'train'")."""
     try:
         out = subprocess.run(
             cmd,
@@ -141,12 +142,12 @@ def _sbatch(stage: str, cmd: list[str], env: Mapping[str, str], cwd: Path) -> st
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as err:
-        raise LaunchError(f"pipeline stage '{stage}': sbatch did not run: {err}") from err
+        raise LaunchError(f"{what}: sbatch did not run: {err}") from err
     job_id = out.stdout.strip().split(";")[0]
     if out.returncode != 0 or not job_id.isdigit():
         detail = (out.stderr.strip() or out.stdout.strip() or "(no output)")[-2000:]
         raise LaunchError(
-            f"pipeline stage '{stage}': sbatch failed (exit status {out.returncode}):\n"
+            f"{what}: sbatch failed (exit status {out.returncode}):\n"
             f"  {detail}\n  command: {shlex.join(cmd)}"
         )
     return job_id
@@ -164,7 +165,9 @@ def queue_stages(
             after = ids[STAGES[i - 1]] if i else None
             dep = [f"--dependency=afterok:{after}", "--kill-on-invalid-dep=yes"] if after else []
             script = str(root / "jobs" / f"{stage}.sh")
-            ids[stage] = _sbatch(stage, [*sbatch, *dep, script, *overrides], env, root)
+            ids[stage] = sbatch_job(
+                f"pipeline stage '{stage}'", [*sbatch, *dep, script, *overrides], env, root
+            )
     except LaunchError as err:
         if ids:
             queued = ",".join(ids.values())

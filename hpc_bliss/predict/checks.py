@@ -1,10 +1,10 @@
 """What predict refuses before any field is read: a checkpoint whose bands or tiles do not
 match the config, and one trained for another survey config (unless ``predict.force``).
 
-A checkpoint knows what it was trained on when training recorded the data's resolved config
-under the key :data:`PROVENANCE_KEY` (``{"config_yaml": ...}``); the survey part of that
-config (:func:`survey_signature`: bands, image and tile size, pixel scale, PSF, sky, gain) must
-then equal the config's. A checkpoint without that record cannot be checked: predict says so.
+``hpc-bliss train`` records the training data's resolved config in every checkpoint under the key
+:data:`PROVENANCE_KEY` (``{"config_yaml": ...}``); the survey part of that config
+(:func:`survey_signature`: bands, image and tile size, pixel scale, PSF, sky, gain) must equal
+the config's. A checkpoint without that record (older ones) cannot be checked: predict says so.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from omegaconf import OmegaConf
 
 from hpc_bliss.config import PSF_KEYS, Config
 from hpc_bliss.errors import ConfigError
-
-PROVENANCE_KEY = "hpc_bliss_data"  #: the checkpoint key holding the training data's config
+from hpc_bliss.train.lit_module import PROVENANCE_KEY
 
 
 def survey_signature(prior: Any, render: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from hpc_bliss.config import load_config
-from hpc_bliss.launch.chain import _sbatch, job_environ, log_path, repo_root, sbatch_command
+from hpc_bliss.launch.chain import job_environ, log_path, repo_root, sbatch_command, sbatch_job
 from hpc_bliss.launch.site import partition_and_account
 
 
@@ -49,7 +49,7 @@ def cmd_submit_predict(args: argparse.Namespace) -> int:
     env = job_environ(os.environ, Path(args.config).absolute(), root)
     cmd = sbatch_command(root, logs, shape, partition, account, args.time)
     cmd += [str(root / "jobs" / "predict.sh"), *absolute_overrides(overrides, cfg)]
-    job_id = _sbatch("predict", cmd, env, root)
+    job_id = sbatch_job("submit predict", cmd, env, root)
     print(
         f"[predict] job {job_id}: {shape.describe()}, {len(cfg.predict.fields)} field(s) → "
         f"{Path(cfg.predict.output_dir).absolute()}; log {log_path(logs, 'predict', job_id)}"

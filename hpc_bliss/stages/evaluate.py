@@ -43,13 +43,13 @@ from hpc_bliss.train.checkpoint import load_encoder
 BATCH = 32  #: images scored at once
 
 
-def checkpoint_path(configured: str, log: Callable[[str], None]) -> Path:
-    """``evaluate.checkpoint``; where it is a best.ckpt that training never wrote (no
+def checkpoint_path(configured: str, log: Callable[[str], None], stage: str = "evaluate") -> Path:
+    """``<stage>.checkpoint``; where it is a best.ckpt that training never wrote (no
     validation ran), the last.ckpt beside it, saying so."""
     path = Path(configured)
     last = path.with_name("last.ckpt")
     if path.name == "best.ckpt" and not path.exists() and last.is_file():
-        log(f"[evaluate] no {path}: scoring {last}")
+        log(f"[{stage}] no {path}: using {last}")
         return last
     return path
 

@@ -36,18 +36,7 @@ from hpc_bliss.predict.field_run import CATALOG, finish_field, frame_tensor, lay
 from hpc_bliss.predict.work import encode_rows, row_blocks
 from hpc_bliss.stages.evaluate import checkpoint_path
 from hpc_bliss.survey.files import SurveyError, field_files
-from hpc_bliss.train.checkpoint import load_encoder, read_checkpoint
-
-
-def _read(checkpoint: Path) -> dict:
-    """The checkpoint's dict; its errors name predict.checkpoint (read_checkpoint's own say
-    evaluate.checkpoint)."""
-    try:
-        return read_checkpoint(checkpoint)
-    except ConfigError as err:
-        raise ConfigError(
-            str(err).replace("evaluate.checkpoint=", "predict.checkpoint=", 1)
-        ) from err
+from hpc_bliss.train.checkpoint import encoder_from, read_checkpoint
 
 
 def run_identity(cfg: Config, checkpoint: Path) -> dict[str, str | int]:
@@ -221,9 +210,10 @@ def predict(cfg: Config, env: ProcessEnv | None = None, log: Callable[[str], Non
     device = pick_device(p.device, env)
     t0 = time.perf_counter()
     with using_device(device, env, threads=p.cpu_threads):
-        checkpoint = checkpoint_path(p.checkpoint, log)
-        check_checkpoint(cfg, _read(checkpoint), str(checkpoint), log)
-        encoder, _ = load_encoder(checkpoint, device)
+        checkpoint = checkpoint_path(p.checkpoint, log, stage="predict")
+        ckpt = read_checkpoint(checkpoint, device, key="predict.checkpoint")
+        check_checkpoint(cfg, ckpt, str(checkpoint), log)
+        encoder, _ = encoder_from(ckpt, device)
         identity = run_identity(cfg, checkpoint)
         todo = _plan_everywhere(cfg, identity, env, log)
         attrs = {

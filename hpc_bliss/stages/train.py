@@ -115,7 +115,7 @@ def train(cfg: Config) -> dict:
 def _train(cfg: Config) -> dict:
     t = cfg.train
     try:
-        read_manifest(Path(t.data_dir))
+        manifest = read_manifest(Path(t.data_dir))
     except ShardError as err:
         raise ConfigError(f"train.data_dir: {err}") from err
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -134,6 +134,7 @@ def _train(cfg: Config) -> dict:
         total_steps=max(1, math.ceil(total)),
         **lensing_arguments(cfg),
     )
+    module.data_config_yaml = manifest.get("config_yaml")  # checkpoints say what survey
     trainer = build_trainer(cfg, total)
     skipped = _skipped_metrics(data) if t.on_bad_shard == "skip" else {}
     for logger in trainer.loggers if skipped else []:  # metrics.csv (and TensorBoard), rank 0

@@ -12,6 +12,10 @@ from hpc_bliss.evaluate.metrics import TileCounts
 from hpc_bliss.model import Encoder, double_detection_nll
 from hpc_bliss.model.lensing import lensing_target
 
+#: the checkpoint key recording the training data's resolved config (``{"config_yaml": str}``),
+#: so that a checkpoint says what survey it was trained for
+PROVENANCE_KEY = "hpc_bliss_data"
+
 
 class EncoderModule(pl.LightningModule):
     def __init__(
@@ -42,6 +46,17 @@ class EncoderModule(pl.LightningModule):
         self.tile_slen, self.border_tiles = tile_slen, border_tiles
         self.min_flux_threshold, self.learning_rate = min_flux_threshold, learning_rate
         self.total_steps, self.lensing_weight = total_steps, lensing_weight
+        #: the training data's config YAML (its manifest's), saved under PROVENANCE_KEY
+        self.data_config_yaml: str | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.data_config_yaml is not None:
+            checkpoint[PROVENANCE_KEY] = {"config_yaml": self.data_config_yaml}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:  # a resumed run keeps the record
+        record = checkpoint.get(PROVENANCE_KEY)
+        if record and self.data_config_yaml is None:
+            self.data_config_yaml = record["config_yaml"]
 
     def _catalog(self, batch: dict) -> TileCatalog:
         return TileCatalog(self.tile_slen, dict(batch["tile_catalog"]))
