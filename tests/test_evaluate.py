@@ -51,6 +51,7 @@ def test_report_files_and_numbers(trained):
         "confusion.png",
         "detection_vs_mag.png",
         "example.png",
+        "reliability.png",
     ):
         assert (root / "r1" / name).stat().st_size > 0, name
     on_disk = json.loads((root / "r1" / "report.json").read_text())
@@ -68,6 +69,36 @@ def test_report_files_and_numbers(trained):
     assert report["test_shards"] == [6, 7]
     assert report["most_frequent"]["count"] == 0
     assert any("n_sources accuracy: encoder" in line for line in lines)
+    # both matching rules, flux bias and scatter, and the posterior's calibration
+    for method in ("encoder_strict", "sep_strict"):
+        assert set(on_disk[method]) >= {"precision", "recall", "f1", "detection"}
+    assert on_disk["matching"]["strict"] == {"max_distance_px": 0.5, "max_abs_dmag_r": 0.5}
+    tables = [on_disk[k]["detection"]["flux_ratio"] for k in ("encoder", "sep")]
+    assert any(tables)  # None where a method has no matched pair (a 2-epoch encoder may not)
+    for table in filter(None, tables):
+        assert {"median", "p16", "p84", "n", "bright_median_abs_error"} <= set(table)
+    cal = on_disk["calibration"]
+    samples = getattr(cfg.evaluate, "calibration_samples", 100)
+    assert cal["n_samples"] == samples and cal["levels"] == [50, 80, 90]
+    assert 0 <= cal["reliability"]["ece"] <= 1 and cal["reliability"]["classes"][-1] == ">=2"
+    assert cal["count_coverage"]["image"]["n"] == 16 and cal["nll"]["tiles"] == report["n_tiles"]
+    text = (root / "r1" / "report.md").read_text()
+    for heading in ("## Detection by two matching rules", "## Fluxes of matched sources"):
+        assert heading in text
+    assert f"## Posterior calibration ({samples} samples" in text and "reliability.png" in text
+    assert "**mean** of |pred/true − 1|" in text
+
+
+def test_calibration_can_be_turned_off(trained, tmp_path):
+    root, overrides = trained
+    cfg = load_config(
+        CONFIGS / "smoke.yaml",
+        [*overrides, f"evaluate.output_dir={tmp_path}", "evaluate.calibration_samples=0"],
+    )
+    report = evaluate(cfg, log=lambda s: None)
+    assert report is not None and "calibration" not in report
+    assert not (tmp_path / "reliability.png").exists()
+    assert "Posterior calibration" not in (tmp_path / "report.md").read_text()
 
 
 def test_checkpoint_loads_with_weights_only(trained):
@@ -115,8 +146,11 @@ def test_two_processes_equal_one(trained):
         one = evaluate(cfg, log=lambda s: None)
     two = json.loads((root / "r2" / "report.json").read_text())
     assert two["processes"] == 2
-    for key in ("encoder", "sep", "most_frequent", "n_tiles"):
+    for key in ("encoder", "sep", "encoder_strict", "sep_strict", "most_frequent", "n_tiles"):
         assert two[key] == one[key], key
+    # calibration too, the NLL included: every rank uses evaluate.cpu_threads torch threads, so
+    # the network's float32 outputs are bitwise those of one process, and the sums are exact
+    assert two["calibration"] == one["calibration"]
     assert Path(root / "r2" / "report.md").exists()
 
 

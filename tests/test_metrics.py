@@ -231,3 +231,80 @@ def test_unmeasured_bands_are_skipped():
     assert m["flux_mape"][2] == pytest.approx(0.15)
     assert [x for i, x in enumerate(m["flux_mape"]) if i != 2] == [None] * (N_BANDS - 1)
     assert torch.equal(pred["star_fluxes"], before)
+
+
+def test_strict_rule_needs_distance_and_magnitude():
+    t, p = np.array([[5.0, 5.0]]), np.array([[5.0, 5.3]])  # 0.3 px apart
+    for dmag, matched in ((1.0, False), (0.2, True), (0.5, True), (-0.2, True)):
+        ti, _ = match_sources(t, p, 0.5, true_mags=[20.0], pred_mags=[20.0 + dmag], mag_slack=0.5)
+        assert len(ti) == int(matched), dmag
+    far = np.array([[5.0, 5.6]])  # same magnitude, 0.6 px: position fails
+    assert (
+        len(match_sources(t, far, 0.5, true_mags=[20.0], pred_mags=[20.0], mag_slack=0.5)[0]) == 0
+    )
+    with pytest.raises(ValueError, match="needs true_mags"):
+        match_sources(t, p, 0.5, mag_slack=0.5)
+
+
+def test_strict_rule_on_catalogs_reads_r_band_fluxes():
+    truth = _cat([[(5, 5, 10.0, 0), (20, 20, 10.0, 0)]])
+    # 0.3 px off each: the first 1 mag fainter, the second 0.2 mag fainter
+    pred = _cat([[(5, 5.3, 10.0 * 10**-0.4, 0), (20, 20.3, 10.0 * 10**-0.08, 0)]])
+    [(ti, pi)] = match_catalogs(truth, pred, 0.5, mag_slack=0.5)
+    assert ti.tolist() == [1] and pi.tolist() == [1]
+    [(ti, _)] = match_catalogs(truth, pred, 0.5)  # position only: both
+    assert ti.tolist() == [0, 1]
+    one_band = _cat(
+        [[(5, 5.3, 10.0 * 10**-0.4, 0), (20, 20.3, 10.0 * 10**-0.08, 0)]], n_flux_bands=1
+    )
+    assert match_catalogs(truth, one_band, 0.5, mag_slack=0.5)[0][0].tolist() == [1]
+    # the Hungarian assignment maximises admissible pairs under both conditions
+    truth = _cat([[(5, 5, 10.0, 0), (5, 5.4, 20.0, 0)]])
+    pred = _cat([[(5, 5.2, 20.0, 0), (5, 5.1, 10.0, 0)]])
+    [(ti, pi)] = match_catalogs(truth, pred, 0.5, mag_slack=0.5)
+    assert ti.tolist() == [0, 1] and pi.tolist() == [1, 0]
+
+
+def test_flux_ratio_quantiles_recover_known_values():
+    from hpc_bliss.evaluate.fluxstats import (
+        LOG_WIDTH,
+        N_LOG_BINS,
+        median_abs_error,
+        ratio_bins,
+        summary,
+    )
+
+    rng = np.random.default_rng(3)
+    true = 10 ** rng.uniform(0, 2, 20000)
+    log_ratio = rng.normal(0.1, 0.3, true.size)
+    pred = true * np.exp(log_ratio)
+    counts = np.bincount(ratio_bins(pred, true), minlength=N_LOG_BINS + 2)
+    got = summary(counts)
+    assert got["n"] == true.size
+    for key, q in (("median", 50), ("p16", 16), ("p84", 84)):
+        want = np.percentile(np.exp(log_ratio) - 1, q)
+        assert abs(np.log1p(got[key]) - np.log1p(want)) <= LOG_WIDTH, key
+    want = np.median(np.abs(np.exp(log_ratio) - 1))
+    assert abs(median_abs_error(counts) - want) <= LOG_WIDTH * (1 + want)
+    # predictions <= 0 and beyond the grid land in the end bins
+    assert ratio_bins(np.array([0.0, -1.0, 1e-9, 1e9]), np.ones(4)).tolist() == [
+        0,
+        0,
+        0,
+        N_LOG_BINS + 1,
+    ]
+
+
+def test_flux_bias_table_by_magnitude_and_f1_by_magnitude():
+    truth = _cat([[(5, 5, 10.0, 0), (15, 15, 10.0, 0), (25, 25, 100.0, 0)]])  # r 20, 20, 17.5
+    pred = _cat([[(5, 5, 12.0, 0), (15, 15, 12.0, 0), (25, 25, 80.0, 0)]])
+    m = _detect(truth, pred).metrics()
+    table = m["flux_ratio"]
+    i20, i17 = table["labels"].index("[20, 21)"), table["labels"].index("[17, 18)")
+    assert table["n"][i20] == [2] * N_BANDS and table["n"][i17] == [1] * N_BANDS
+    assert table["median"][i20][2] == pytest.approx(0.2, abs=0.012)
+    assert table["median"][i17][2] == pytest.approx(-0.2, abs=0.012)
+    assert table["all"][2]["n"] == 3 and table["bright_n"] == [1] * N_BANDS  # r < 20: one
+    assert table["bright_median_abs_error"][2] == pytest.approx(0.2, abs=0.012)
+    f1 = m["f1_by_mag"]
+    assert f1["rates"][i17] == 1.0 and f1["rates"][i20] is None  # no prediction in [20, 21)

@@ -95,6 +95,9 @@ def check_generate(g: Any) -> None:
 
 def check_evaluate(e: Any) -> None:
     require(e.border_tiles >= 0, "evaluate.border_tiles", "≥ 0", e.border_tiles)
+    n = e.calibration_samples
+    require(n >= 0, "evaluate.calibration_samples", "≥ 0 (0: no calibration section)", n)
+    require(e.cpu_threads >= 1, "evaluate.cpu_threads", "≥ 1", e.cpu_threads)
 
 
 def check_model(m: Any, p: Any, border_tiles: int) -> None:

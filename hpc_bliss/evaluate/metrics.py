@@ -8,6 +8,7 @@ gives plain ints, floats and lists (JSON/MPI-friendly), ``from_dict()`` restores
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from copy import copy
 from typing import Any
@@ -18,7 +19,10 @@ from torch import Tensor
 
 from hpc_bliss.catalog import REF_BAND, FullCatalog, TileCatalog, nmgy_to_mag
 from hpc_bliss.catalog.base import FLUX_KEYS
+from hpc_bliss.evaluate.fluxstats import N_LOG_BINS, ratio_bins, ratio_table
 from hpc_bliss.evaluate.matching import Matches
+
+BRIGHT_MAG = 20.0  #: the flux table's median |pred/true - 1| is over true r < this (a bin edge)
 
 
 def _rate(num: float, den: float) -> float | None:
@@ -157,7 +161,14 @@ class DetectionCounts(_Summable):
       one: ``len(mag_bins) + 1`` bins, ``(-inf, e0), [e0, e1), ..., [e_last, inf)`` (zero or
       non-positive fluxes have magnitude +inf, the last bin);
     * classification accuracy over matched pairs when both catalogs have ``source_type``;
-    * flux MAPE per band, mean of ``|pred - true| / true`` over matched pairs with true flux > 0.
+    * flux MAPE per band, mean of ``|pred - true| / true`` over matched pairs with true flux > 0
+      (a mean: dominated by the few faint pairs whose prediction is a neighbour's flux);
+    * flux bias and scatter (:mod:`~hpc_bliss.evaluate.fluxstats`): the median and 16th-84th
+      percentiles of pred/true - 1 per true r-magnitude bin and band, from integer histograms
+      ``flux_log_hist`` (bins, bands, ln-ratio bins) of ln(pred / true) over the same pairs; and
+      per band the median |pred/true - 1| over true r < ``BRIGHT_MAG`` (bins whose upper edge
+      is at most it);
+    * F1 per magnitude bin from that bin's precision (predicted magnitude) and recall (true).
 
     A catalog without a key skips what needs it (those metrics are None); one flux band is read
     as ``ref_band``; bands zero for all sources are not measured. Flux error sums are floats
@@ -168,6 +179,7 @@ class DetectionCounts(_Summable):
     _FIELDS = (
         *("n_true", "n_pred", "n_matched", "n_classified", "n_class_correct", "flux_count"),
         *("flux_err_sum", "true_bins", "true_matched_bins", "pred_bins", "pred_matched_bins"),
+        "flux_log_hist",
     )
 
     def __init__(self, mag_bins: Sequence[float], n_bands: int, ref_band: int = REF_BAND) -> None:
@@ -182,6 +194,7 @@ class DetectionCounts(_Summable):
         self.true_bins, self.true_matched_bins, self.pred_bins, self.pred_matched_bins = (
             np.zeros(len(edges) + 1, np.int64) for _ in range(4)
         )
+        self.flux_log_hist = np.zeros((len(edges) + 1, n_bands, N_LOG_BINS + 2), np.int64)
 
     def _bin(self, mags: np.ndarray) -> np.ndarray:
         return np.digitize(mags, self.mag_bins)
@@ -224,6 +237,14 @@ class DetectionCounts(_Summable):
                 err = np.abs(pf - tf) / np.where(ok, tf, 1.0)
                 self.flux_err_sum += np.where(ok, err, 0.0).sum(0)
                 self.flux_count += ok.sum(0)
+                self._add_ratios(tf, pf, ok)
+
+    def _add_ratios(self, tf: np.ndarray, pf: np.ndarray, ok: np.ndarray) -> None:
+        """Histogram ln(pf / tf) (K, B) where ``ok``, by the true r magnitude of the pair."""
+        mag_bin = self._bin(nmgy_to_mag(torch.from_numpy(tf[:, self.ref_band])).numpy())
+        pair, band = np.nonzero(ok)
+        idx = ratio_bins(pf[pair, band], tf[pair, band])
+        np.add.at(self.flux_log_hist, (mag_bin[pair], band, idx), 1)
 
     def metrics(self) -> dict[str, Any]:
         precision = _rate(self.n_matched, self.n_pred)
@@ -233,6 +254,20 @@ class DetectionCounts(_Summable):
             f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         pairs = zip(self.flux_err_sum, self.flux_count, strict=True)
         mape = [_rate(float(s), float(c)) for s, c in pairs]
+        recall_by_mag = self._table(self.true_matched_bins, self.true_bins)
+        precision_by_mag = self._table(self.pred_matched_bins, self.pred_bins)
+        f1_by_mag = [
+            None if p is None or r is None else (2 * p * r / (p + r) if p + r else 0.0)
+            for p, r in zip(precision_by_mag["rates"], recall_by_mag["rates"], strict=True)
+        ]
+        labels = recall_by_mag["labels"]
+        flux_ratio = None
+        if self.flux_count.any():
+            bright = [hi <= BRIGHT_MAG for hi in [*self.mag_bins, math.inf]]
+            flux_ratio = {
+                **ratio_table(self.flux_log_hist, labels, bright),
+                "bright_mag": BRIGHT_MAG,
+            }
         return {
             "n_true": self.n_true,
             "n_pred": self.n_pred,
@@ -243,8 +278,10 @@ class DetectionCounts(_Summable):
             "classification_accuracy": _rate(self.n_class_correct, self.n_classified),
             "n_classified": self.n_classified,
             "flux_mape": mape if self.flux_count.any() else None,
-            "recall_by_mag": self._table(self.true_matched_bins, self.true_bins),
-            "precision_by_mag": self._table(self.pred_matched_bins, self.pred_bins),
+            "recall_by_mag": recall_by_mag,
+            "precision_by_mag": precision_by_mag,
+            "f1_by_mag": {"labels": labels, "rates": f1_by_mag},
+            "flux_ratio": flux_ratio,
         }
 
     def _table(self, matched: np.ndarray, total: np.ndarray) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The evaluation report: report.json (every number), report.md (tables) and PNGs (confusion
 matrix, precision/recall against magnitude, one held-out image with true, predicted and SEP
-sources marked, and with a lensing head the lensing maps of :mod:`.lensing_report`)."""
+sources marked, with a lensing head the lensing maps of :mod:`.lensing_report`, and with
+posterior samples the reliability diagram of :mod:`.calibration_report`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from hpc_bliss.evaluate import calibration_report
 from hpc_bliss.evaluate.lensing_report import lensing_png, markdown_lines
 from hpc_bliss.evaluate.scoring import Example, Report
 
@@ -18,7 +20,104 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def markdown(report: Report) -> str:
+def _detection_lines(report: Report) -> list[str]:
+    """Precision, recall and F1 by both matching rules, overall and by magnitude."""
+    slack = report["matching"]["position"]["max_distance_px"]
+    methods = {
+        "encoder, position": report["encoder"],
+        "encoder, 0.5 px + 0.5 mag": report["encoder_strict"],
+        "SEP, position": report["sep"],
+        "SEP, 0.5 px + 0.5 mag": report["sep_strict"],
+    }
+    head = "| | " + " | ".join(methods) + " |"
+    rule = "|---|" + "---|" * len(methods)
+    lines = [
+        "",
+        "## Detection by two matching rules",
+        "",
+        f"Position: a prediction within {'n/a' if slack is None else f'{slack:g}'} px of a true "
+        "source; literature rule: within 0.5 px **and** 0.5 mag in r. Both are one-to-one "
+        "(Hungarian) matchings that maximise the number of admissible pairs.",
+        "",
+        head,
+        rule,
+    ]
+    for key in ("precision", "recall", "f1"):
+        lines.append(f"| {key} | " + " | ".join(_fmt(m[key]) for m in methods.values()) + " |")
+    lines += ["", "F1 by r magnitude (precision binned by predicted, recall by true magnitude):"]
+    lines += ["", head.replace("| |", "| r mag |", 1), rule]
+    tables = [m["detection"]["f1_by_mag"] for m in methods.values()]
+    for i, label in enumerate(tables[0]["labels"]):
+        lines.append(f"| {label} | " + " | ".join(_fmt(t["rates"][i]) for t in tables) + " |")
+    return lines
+
+
+def _ratio_cell(table: dict, m: int, b: int) -> str:
+    n = table["n"][m][b]
+    if not n:
+        return "–"
+    return (
+        f"{table['median'][m][b]:+.3f} [{table['p16'][m][b]:+.3f}, {table['p84'][m][b]:+.3f}] ({n})"
+    )
+
+
+def _flux_lines(report: Report, bands: list[str] | None) -> list[str]:
+    """Flux MAPE (a mean) and the robust bias and scatter of pred/true - 1 by both rules."""
+    enc = report["encoder"]["detection"]
+    lines = [
+        "",
+        "## Fluxes of matched sources",
+        "",
+        "Flux MAPE per band, the **mean** of |pred/true − 1| over pairs matched by position "
+        "(dominated by the few faint true sources paired with a brighter neighbour's "
+        "prediction): " + ", ".join(_fmt(x) for x in (enc.get("flux_mape") or [])),
+    ]
+    rules = {"position": enc, "0.5 px + 0.5 mag": report["encoder_strict"]["detection"]}
+    for rule, det in rules.items():
+        table = det.get("flux_ratio")
+        if not table:
+            continue
+        names = bands or [str(b) for b in range(len(table["all"]))]
+        bright = ", ".join(
+            f"{n} {_fmt(v)}" for n, v in zip(names, table["bright_median_abs_error"], strict=True)
+        )
+        lines += [
+            "",
+            f"Encoder, pairs matched by {rule}: median |pred/true − 1| for true r < "
+            f"{table['bright_mag']:g}: {bright}. Bias and scatter of pred/true − 1 by true r "
+            "magnitude: median [16th, 84th percentile] (pairs)",
+            "",
+            "| true r | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for m, label in enumerate(table["labels"]):
+            cells = [_ratio_cell(table, m, b) for b in range(len(names))]
+            if any(c != "–" for c in cells):
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines + _sep_flux_lines(report)
+
+
+def _sep_flux_lines(report: Report) -> list[str]:
+    """SEP's r-band aperture fluxes: the same bias and scatter, both rules side by side."""
+    tables = [report[k]["detection"].get("flux_ratio") for k in ("sep", "sep_strict")]
+    if not tables[0]:
+        return []
+    r = next(b for b, x in enumerate(tables[0]["all"]) if x["n"])  # the band SEP measures
+    lines = [
+        "",
+        "SEP (its one measured band, r: circular-aperture sums), pred/true − 1:",
+        "",
+        "| true r | position | 0.5 px + 0.5 mag |",
+        "|---|---|---|",
+    ]
+    for m, label in enumerate(tables[0]["labels"]):
+        cells = [_ratio_cell(t, m, r) if t else "–" for t in tables]
+        if any(c != "–" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(report: Report, bands: list[str] | None = None) -> str:
     e, s, m = report["encoder"], report["sep"], report["most_frequent"]
     rows = [
         (
@@ -58,13 +157,13 @@ def markdown(report: Report) -> str:
         "Against the unfiltered truth (every source, however faint): encoder n_sources "
         f"accuracy {_fmt(u['n_sources_accuracy'])}, within ±1 {_fmt(u['n_sources_within_1'])}.",
         "",
-        "Encoder flux error on matched pairs (MAPE per band): "
-        + ", ".join(_fmt(x) for x in (e["detection"].get("flux_mape") or [])),
-        "",
         "![confusion](confusion.png) ![detection](detection_vs_mag.png) ![example](example.png)",
     ]
+    lines += _detection_lines(report) + _flux_lines(report, bands)
     if "lensing" in report:
         lines += markdown_lines(report["lensing"])
+    if "calibration" in report:
+        lines += calibration_report.markdown_lines(report["calibration"], bands)
     return "\n".join(lines) + "\n"
 
 
@@ -155,11 +254,14 @@ def write_report(
         out / "example.png",
     ]
     paths[0].write_text(json.dumps(report, indent=2) + "\n")
-    paths[1].write_text(markdown(report))
+    paths[1].write_text(markdown(report, bands))
     _confusion_png(report, paths[2])
     _detection_png(report, paths[3])
     _example_png(example, paths[4])
     if "lensing" in report and example["lensing"] is not None:
         paths.append(out / "lensing_map.png")
         lensing_png(example["lensing"], paths[-1])
+    if "calibration" in report:
+        paths.append(out / "reliability.png")
+        calibration_report.reliability_png(report["calibration"], paths[-1])
     return paths

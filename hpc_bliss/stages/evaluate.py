@@ -1,7 +1,9 @@
 """The `evaluate` stage: the encoder (posterior mode), SEP and "always the most frequent count"
 on the test split's shards, interior tiles only, written as report.json / report.md / PNGs;
 with a lensing head, also its shear and convergence on the interior cells against the
-baselines of :mod:`hpc_bliss.evaluate.lensing`.
+baselines of :mod:`hpc_bliss.evaluate.lensing`; with ``evaluate.calibration_samples`` > 0, the
+posterior's calibration from that many samples per image (:mod:`hpc_bliss.evaluate.calibration`,
+each image's samples seeded by the config seed and its shard id and row).
 
 Ranks (mpirun/srun) split the test shards; every number is a sum of counts, gathered and added
 on rank 0, so 2 processes give exactly the result of 1. Each test shard is validated before it
@@ -21,6 +23,7 @@ from omegaconf import OmegaConf
 
 from hpc_bliss.config import Config, to_yaml
 from hpc_bliss.errors import ConfigError, ShardError
+from hpc_bliss.evaluate.calibration import calibration_batch, catalog_slots
 from hpc_bliss.evaluate.lensing import LensingScorer
 from hpc_bliss.evaluate.scoring import (
     Accumulator,
@@ -107,13 +110,40 @@ def _score_shards(
             items = [data[i] for i in rows[lo : lo + BATCH]]
             images = torch.stack([it["images"] for it in items])
             background = torch.stack([it["background"] for it in items])
+            truth = data.to_tile_catalog(items)
+            calibration = None
             with torch.no_grad():
                 on_device = images.to(device)
                 features = encoder(on_device)
                 pred = encoder.sample_features(features, use_mode=True).to("cpu")
                 q = encoder.lensing(features, on_device).to("cpu") if scorer.lensing else None
-            acc.add(scorer, images, background, data.to_tile_catalog(items), pred, q)
+                if scorer.calibration_samples:
+                    ids = [(data.shard_ids[k], r - data.starts[k]) for r in rows[lo : lo + BATCH]]
+                    calibration = calibration_batch(
+                        encoder,
+                        features,
+                        truth,
+                        ids,
+                        scorer.calibration_samples,
+                        scorer.seed,
+                        scorer.min_flux,
+                    )
+            acc.add(scorer, images, background, truth, pred, q, calibration)
         log(f"{tag} shard {data.shard_ids[k]:06d} done")
+
+
+def _accumulator(
+    cfg: Config, data: ShardDataset, scorer: BatchScorer, encoder, device
+) -> Accumulator:
+    """This rank's empty counts: with a lensing head its cells, with calibration samples the
+    most sources per tile the encoder's catalogs hold."""
+    lensing_cells = scorer.lensing.tiles_per_cell if scorer.lensing else 0
+    acc = Accumulator(cfg.prior.max_sources, len(data.bands), lensing_cells)
+    if scorer.calibration_samples:
+        p = cfg.prior
+        slots = catalog_slots(encoder, len(data.bands), p.image_height, p.image_width, device)
+        acc.add_calibration(scorer.calibration_samples, slots)
+    return acc
 
 
 def _check_shard(data: ShardDataset, k: int) -> None:
@@ -161,7 +191,7 @@ def evaluate(
     e = cfg.evaluate
     device = pick_device(e.device, env)
     checkpoint = checkpoint_path(e.checkpoint, log)
-    with using_device(device, env):
+    with using_device(device, env, threads=e.cpu_threads):
         encoder, hp = load_encoder(checkpoint, device)
         data = ShardDataset(e.data_dir, "test")
         check_compatible(cfg, data, hp, checkpoint)
@@ -173,9 +203,10 @@ def evaluate(
             sep_threshold=float(e.sep_threshold),
             match_slack=float(e.match_slack),
             lensing=lensing_scorer(cfg, data, hp),
+            calibration_samples=int(e.calibration_samples),
+            seed=int(cfg.seed),
         )
-        lensing_cells = scorer.lensing.tiles_per_cell if scorer.lensing else 0
-        acc = Accumulator(cfg.prior.max_sources, len(data.bands), lensing_cells)
+        acc = _accumulator(cfg, data, scorer, encoder, device)
         mine = list(range(env.rank, len(data.shard_ids), env.world))
         tag = f"[evaluate rank {env.rank}/{env.world} {socket.gethostname()}]"
         t0 = time.perf_counter()
@@ -195,6 +226,7 @@ def evaluate(
         checkpoint=str(checkpoint),
         seconds=round(time.perf_counter() - t0, 2),
         config=to_yaml(cfg),
+        match_slack=scorer.match_slack,
     )
     example = next(g[2] for g in gathered if g[2] is not None)
     paths = write_report(report, merged, example, Path(e.output_dir), list(data.bands))
