@@ -23,6 +23,7 @@ from hpc_bliss.config import load_config
 from hpc_bliss.predict.crops import CropLayout
 from hpc_bliss.predict.field_run import read_for
 from hpc_bliss.predict.work import encode_rows
+from hpc_bliss.stages.train import model_arguments
 from hpc_bliss.train.checkpoint import load_encoder
 from hpc_bliss.train.lit_module import EncoderModule
 
@@ -33,7 +34,9 @@ def encoder_for(cfg, checkpoint: str | None, device: torch.device):
     if checkpoint:
         return load_encoder(checkpoint, device)[0]
     t = cfg.train
-    module = EncoderModule(len(cfg.prior.bands), cfg.prior.tile_slen, t.hidden, t.n_blocks)
+    module = EncoderModule(
+        len(cfg.prior.bands), cfg.prior.tile_slen, t.hidden, t.n_blocks, **model_arguments(cfg)
+    )
     return module.encoder.to(device).eval()
 
 

@@ -135,7 +135,15 @@ def main() -> int:
     dev = torch.device(args.device)
     batch = {"images": batch["images"].to(dev), "tile_catalog": batch["tile_catalog"]}
     target = TileCatalog(train_set.tile_slen, dict(batch["tile_catalog"])).to(dev)
-    enc = Encoder(len(train_set.bands), train_set.tile_slen, t.hidden, t.n_blocks).to(dev)
+    m = cfg.model
+    enc = Encoder(
+        len(train_set.bands),
+        train_set.tile_slen,
+        t.hidden,
+        t.n_blocks,
+        tiling=m.tiling,
+        colors=m.colors,
+    ).to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
 

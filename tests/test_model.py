@@ -235,6 +235,6 @@ def test_model_code_has_no_distributed_imports():
         r"^\s*(import|from)\s+(torch\.distributed|mpi4py|submitit|lightning|pytorch_lightning)\b",
         re.M,
     )
-    for name in ("__init__.py", "encoder.py", "variational.py", "loss.py"):
+    for name in ("__init__.py", "encoder.py", "variational.py", "loss.py", "checkerboard.py"):
         text = (ROOT / "hpc_bliss" / "model" / name).read_text()
         assert not pattern.search(text), name

@@ -164,11 +164,21 @@ class LensingHeadConfig:
     weight: float = 1.0  #: weight of the lensing NLL (mean over cells) added to the loss
 
 
+#: ``model.tiling``: each tile inferred alone, or colour by colour (spatially autoregressive)
+Tiling = Literal["independent", "checkerboard"]
+
+
 @dataclass
 class ModelConfig:
-    """Encoder heads beyond detection (the trunk's size is ``train.hidden``, ``train.n_blocks``)."""
+    """Encoder heads beyond detection (the trunk's size is ``train.hidden``, ``train.n_blocks``)
+    and how tiles are inferred: each alone, or a checkerboard of colours, each colour given the
+    sources reported for the colours before it (spatially autoregressive, arXiv 2510.03074)."""
 
     lensing: LensingHeadConfig = field(default_factory=LensingHeadConfig)
+    tiling: Tiling = "independent"  #: or "checkerboard": colours given earlier colours' sources
+    colors: Literal[2, 4] = 4  #: checkerboard colours: 4 (2×2 pattern) or 2 ((i + j) % 2)
+    #: flux heads predict log flux relative to each tile's aperture sum (false: as before)
+    aperture_flux: bool = True
 
 
 @dataclass
@@ -206,6 +216,8 @@ class EvaluateConfig:
     border_tiles: int = 1  #: tiles dropped on each side before scoring
     match_slack: float = 1.0  #: pixels: a prediction within this distance may match a truth
     sep_threshold: float = 1.5  #: SEP detection threshold, in units of the sky noise σ
+    calibration_samples: int = 100  #: posterior samples per image for calibration (0: none)
+    cpu_threads: int = 1  #: torch threads per rank on CPU (fixed: the same report for any ranks)
     device: str = II("generate.device")  #: "auto", "cpu" or "cuda", as generate.device
 
 

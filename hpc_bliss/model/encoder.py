@@ -11,18 +11,38 @@ neighbouring tiles). Two heads read the tile features:
   presence, embedded and concatenated with the features);
 * optionally the lensing head (:mod:`hpc_bliss.model.lensing`): q of the shear and convergence
   per cell of ``lensing_tiles_per_cell`` × ``lensing_tiles_per_cell`` tiles.
+
+``tiling``: ``"independent"`` (every tile inferred from the image alone, in one pass) or
+``"checkerboard"`` (:mod:`hpc_bliss.model.checkerboard`: tiles of colour k inferred given the
+sources reported for colours < k). With the checkerboard the trunk runs once; per colour, an
+embedding of the history is added to the tile features (:meth:`Encoder.contextualise`) and the
+two heads read the sum. The lensing head reads the trunk's features in either tiling.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hpc_bliss.catalog import REF_BAND, TileCatalog
+from hpc_bliss.model.checkerboard import (
+    COLORS,
+    CONTEXT_FEATURES,
+    TILINGS,
+    Canvas,
+    color_offsets,
+    context_embed,
+    context_features,
+    conv_at,
+    mask_context,
+    tile_colors,
+)
 from hpc_bliss.model.lensing import LensingDist, LensingHead
-from hpc_bliss.model.variational import VariationalDist
+from hpc_bliss.model.variational import Point, VariationalDist
 
 MAX_SOURCES = 2  #: sources per tile the encoder can report
 _COND_FEATURES = 5  #: locs (2), log r flux, galaxy flag, presence
@@ -62,6 +82,26 @@ def _head(in_ch: int, hidden: int, out_ch: int, kernel: int = 1) -> nn.Sequentia
     return nn.Sequential(nn.Conv2d(in_ch, hidden, kernel, padding=kernel // 2), nn.SiLU(), last)
 
 
+class Posterior(NamedTuple):
+    """One point of q per tile (its mode or a draw) and the distributions it came from.
+
+    ``n_sources`` (N, Ht, Wt); ``first``, ``second``: per-tile single-source tensors (keys of
+    :meth:`VariationalDist.mode`, without ``n_sources``); ``q1``: the marginal head's q (count,
+    first source); ``q2``: the conditional head's q of the second source given the first. With
+    the checkerboard, each tile's values are those of its colour's pass.
+    """
+
+    n_sources: Tensor
+    first: Point
+    second: Point
+    q1: VariationalDist
+    q2: VariationalDist
+
+    def catalog(self, tile_slen: int) -> TileCatalog:
+        """The tile catalog (M = 2) of the point, inactive slots zeroed."""
+        return _two_sources(tile_slen, self.n_sources, self.first, self.second)
+
+
 class Encoder(nn.Module):
     """Amortised posterior q(tile catalog | images) with up to 2 sources per tile.
 
@@ -77,6 +117,10 @@ class Encoder(nn.Module):
         ref_band: band whose log flux conditions the second source.
         lensing_tiles_per_cell: cell side, tiles, of the lensing head (0: no lensing head).
         lensing_hidden: channels of the lensing head.
+        tiling: ``"independent"`` or ``"checkerboard"`` (spatially autoregressive).
+        colors: colours of the checkerboard, 2 or 4 (unused by the independent tiling).
+        aperture_flux: anchor the flux heads at each tile's aperture flux (see
+            :func:`aperture_log_flux`): the heads predict log flux relative to it.
     """
 
     def __init__(
@@ -93,10 +137,17 @@ class Encoder(nn.Module):
         ref_band: int = REF_BAND,
         lensing_tiles_per_cell: int = 0,
         lensing_hidden: int = 32,
+        tiling: str = "independent",
+        colors: int = 4,
+        aperture_flux: bool = False,
     ) -> None:
         super().__init__()
         if tile_slen < 1 or hidden < 2 or n_bands < 1 or border_tiles < 0:
             raise ValueError("need n_bands, tile_slen >= 1, hidden >= 2 and border_tiles >= 0")
+        if tiling not in TILINGS or colors not in COLORS:
+            raise ValueError(f"need tiling in {TILINGS} and colors in {COLORS}: {tiling}, {colors}")
+        self.tiling, self.colors = tiling, int(colors)
+        self.aperture_flux, self.hidden = bool(aperture_flux), hidden
         self.n_bands, self.tile_slen, self.border_tiles = n_bands, tile_slen, border_tiles
         self.use_background, self.ref_band = use_background, min(ref_band, n_bands - 1)
         scale = torch.as_tensor(flux_scale, dtype=torch.float32).expand(n_bands).clone()
@@ -124,6 +175,9 @@ class Encoder(nn.Module):
             self.lensing_head = LensingHead(
                 hidden, n_bands, lensing_tiles_per_cell, lensing_hidden, self.ref_band
             )
+        self.context_embed: nn.Sequential | None = None
+        if tiling == "checkerboard":  # built after everything else, for the same reason
+            self.context_embed = context_embed(hidden)
 
     def normalize(self, images: Tensor, background: Tensor | None = None) -> Tensor:
         """(N, B, H, W) nmgy -> network input (N, B or 2B, H, W)."""
@@ -144,12 +198,58 @@ class Encoder(nn.Module):
         if h % self.tile_slen or w % self.tile_slen:
             raise ValueError(f"tile_slen {self.tile_slen} does not divide {h}x{w} images")
         x = self.full_res(self.normalize(images, background))
-        return self.tile_res(self.to_tiles(x))
+        features = self.tile_res(self.to_tiles(x))
+        if not self.aperture_flux:
+            return features
+        return torch.cat([features, aperture_log_flux(images, self.tile_slen)], dim=1)
+
+    def _split(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(the network's tile features, the aperture log fluxes (N, B, Ht, Wt) or None):
+        with ``aperture_flux``, :meth:`forward` appends the latter as B channels."""
+        if not self.aperture_flux:
+            return features, None
+        return features[:, : self.hidden], features[:, self.hidden :]
+
+    @property
+    def autoregressive(self) -> bool:
+        """Whether tiles are inferred colour by colour (the checkerboard tiling)."""
+        return self.context_embed is not None
+
+    def tile_colors(self, features: Tensor) -> Tensor:
+        """(Ht, Wt) int64 colour of each tile of ``features`` (all 0 for the independent
+        tiling)."""
+        ht, wt = features.shape[-2:]
+        if not self.autoregressive:
+            return torch.zeros(ht, wt, dtype=torch.long, device=features.device)
+        return tile_colors(ht, wt, self.colors, features.device)
+
+    def history(self, catalog: TileCatalog) -> Tensor:
+        """(N, CONTEXT_FEATURES, Ht, Wt): every tile of ``catalog`` encoded as history
+        (:func:`~hpc_bliss.model.checkerboard.context_features`, the reference band's fluxes)."""
+        return context_features(catalog, self.ref_band)
+
+    def contextualise(self, features: Tensor, history: Tensor | None, known: Tensor) -> Tensor:
+        """Tile features given the sources on the tiles where the bool ``known`` (Ht, Wt) is
+        true: ``features`` + the embedding of ``history`` (:meth:`history`) masked to the known
+        tiles (checkerboard only). ``history`` None: nothing is known."""
+        if self.context_embed is None:
+            raise ValueError("this encoder has independent tiles: it takes no history")
+        features, anchor = self._split(features)
+        n, _, ht, wt = features.shape
+        if history is None:
+            ctx = features.new_zeros(n, CONTEXT_FEATURES, ht, wt)
+        else:
+            if history.shape[0] != n or history.shape[-2:] != features.shape[-2:]:
+                raise ValueError(f"history {tuple(history.shape)} does not match {features.shape}")
+            ctx = mask_context(history.to(features.dtype), known)
+        out = features + self.context_embed(ctx)
+        return out if anchor is None else torch.cat([out, anchor], dim=1)
 
     def marginal(self, features: Tensor) -> VariationalDist:
         """q(count, brightest source) per tile."""
-        params = self.marginal_head(features).permute(0, 2, 3, 1)
-        return VariationalDist(params, self.n_bands, with_counts=True)
+        features, anchor = self._split(features)
+        params = _anchored(self.marginal_head(features), anchor, self.n_bands, True)
+        return VariationalDist(params.permute(0, 2, 3, 1), self.n_bands, with_counts=True)
 
     def condition_features(self, condition: TileCatalog) -> Tensor:
         """(N, 5, Ht, Wt): slot 0's locs (centred), log r flux, galaxy flag, presence."""
@@ -161,21 +261,34 @@ class Encoder(nn.Module):
         x = torch.cat([locs, log_flux, is_gal, torch.ones_like(on)], dim=-1) * on
         return x.permute(0, 3, 1, 2)
 
-    def conditional(self, features: Tensor, condition: TileCatalog) -> VariationalDist:
-        """q(second source | first source = slot 0 of ``condition``) per tile (no count)."""
+    def conditional(
+        self, features: Tensor, condition: TileCatalog, at: tuple[int, int] | None = None
+    ) -> VariationalDist:
+        """q(second source | first source = slot 0 of ``condition``) per tile (no count).
+
+        ``at`` = (a, b): q on the tiles (a + 2i, b + 2j) only (features and condition still
+        cover every tile: the head's 3×3 kernel reads the neighbours)."""
+        features, anchor = self._split(features)
         cond = self.condition_features(condition).to(features.dtype)
         if cond.shape[-2:] != features.shape[-2:] or cond.shape[0] != features.shape[0]:
             raise ValueError(f"condition tiles {cond.shape} do not match features {features.shape}")
         x = torch.cat([features, self.cond_embed(cond)], dim=1)
-        params = self.cond_head(x).permute(0, 2, 3, 1)
-        return VariationalDist(params, self.n_bands, with_counts=False)
+        if at is None:
+            params = self.cond_head(x)
+        else:
+            first = self.cond_head[0]
+            assert isinstance(first, nn.Conv2d)
+            params = self.cond_head[1:](conv_at(first, x, at))
+            anchor = None if anchor is None else anchor[..., at[0] :: 2, at[1] :: 2]
+        params = _anchored(params, anchor, self.n_bands, False)
+        return VariationalDist(params.permute(0, 2, 3, 1), self.n_bands, with_counts=False)
 
     def lensing(self, features: Tensor, images: Tensor) -> LensingDist:
         """q(γ1, γ2, κ) per cell (N, Ht / c, Wt / c, 3), c = ``lensing_tiles_per_cell``, from the
         tile features of ``images`` (N, B, H, W) nmgy and the images themselves."""
         if self.lensing_head is None:
             raise ValueError("this encoder has no lensing head (lensing_tiles_per_cell = 0)")
-        return self.lensing_head(features, images)
+        return self.lensing_head(self._split(features)[0], images)
 
     @torch.no_grad()
     def sample(
@@ -188,7 +301,9 @@ class Encoder(nn.Module):
         """Posterior mode (or one draw) as a TileCatalog with M = 2, border tiles cropped.
 
         The first source comes from the marginal head; where the count is 2, the second comes
-        from the conditional head given the first. Shapes: (N, Ht - 2b, Wt - 2b, ...).
+        from the conditional head given the first. With the checkerboard, colour by colour,
+        each given the sources already reported for earlier colours. Shapes:
+        (N, Ht - 2b, Wt - 2b, ...).
         """
         return self.sample_features(self(images, background), use_mode, generator)
 
@@ -197,17 +312,103 @@ class Encoder(nn.Module):
         self, features: Tensor, use_mode: bool = True, generator: torch.Generator | None = None
     ) -> TileCatalog:
         """:meth:`sample` from tile features already computed (``self(images)``)."""
+        cat = self.posterior(features, use_mode, generator).catalog(self.tile_slen)
+        return cat.symmetric_crop(self.border_tiles) if self.border_tiles else cat
 
-        def point(q: VariationalDist) -> dict[str, Tensor]:
-            return q.mode() if use_mode else q.sample(generator)
-
-        first = point(self.marginal(features))
+    def _one_pass(
+        self, features: Tensor, use_mode: bool, generator: torch.Generator | None
+    ) -> Posterior:
+        """One pass of both heads over every tile (the independent tiling)."""
+        q1 = self.marginal(features)
+        first = _pick(q1, use_mode, generator)
         n = first.pop("n_sources")
         one = {k: v.unsqueeze(3) for k, v in first.items()}
         cond_cat = TileCatalog(self.tile_slen, {"n_sources": n.clamp(max=1), **one})
-        second = point(self.conditional(features, cond_cat))
-        data: dict[str, Tensor] = {"n_sources": n}
-        for k, v in first.items():
-            data[k] = torch.stack([v, second[k]], dim=3)
-        cat = TileCatalog(self.tile_slen, data).zero_inactive()
-        return cat.symmetric_crop(self.border_tiles) if self.border_tiles else cat
+        q2 = self.conditional(features, cond_cat)
+        return Posterior(n, first, _pick(q2, use_mode, generator), q1, q2)
+
+    def _by_color(
+        self, features: Tensor, use_mode: bool, generator: torch.Generator | None
+    ) -> Posterior:
+        """Colour by colour (checkerboard), each colour's heads on its subgrids only: the
+        first sources, then the second ones given the first sources of the colour's tiles."""
+        n, _, ht, wt = features.shape
+        colors = self.tile_colors(features)
+        canvas = Canvas(n, ht, wt)
+        p = canvas.parts
+        for k in range(self.colors):
+            history = None
+            if k:  # the points of the colours before k (later tiles still empty)
+                sofar = _two_sources(self.tile_slen, p["tile"]["n_sources"], *canvas.points)
+                history = self.history(sofar)
+            h = self.contextualise(features, history, colors < k)
+            offsets = color_offsets(self.colors, k)
+            for a, b in offsets:
+                q1 = self.marginal(h[..., a::2, b::2].contiguous())
+                first = _pick(q1, use_mode, generator)
+                canvas.put("tile", (a, b), {"n_sources": first.pop("n_sources"), "q1": q1.params})
+                canvas.put("first", (a, b), first)
+            cond_n = torch.where(colors == k, p["tile"]["n_sources"].clamp(max=1), 0)
+            one = {key: v.unsqueeze(3) for key, v in p["first"].items()}
+            cond_cat = TileCatalog(self.tile_slen, {"n_sources": cond_n, **one})
+            for a, b in offsets:
+                q2 = self.conditional(h, cond_cat, (a, b))
+                canvas.put("tile", (a, b), {"q2": q2.params})
+                canvas.put("second", (a, b), _pick(q2, use_mode, generator))
+        q1 = VariationalDist(p["tile"]["q1"], self.n_bands, with_counts=True)
+        q2 = VariationalDist(p["tile"]["q2"], self.n_bands, with_counts=False)
+        return Posterior(p["tile"]["n_sources"], p["first"], p["second"], q1, q2)
+
+    def posterior(
+        self, features: Tensor, use_mode: bool = True, generator: torch.Generator | None = None
+    ) -> Posterior:
+        """The mode (or one draw, from ``generator``) of q per tile with its distributions, all
+        tiles (no border cropped). Checkerboard: colour k's pass is given the points of the
+        colours before it."""
+        if not self.autoregressive:
+            return self._one_pass(features, use_mode, generator)
+        return self._by_color(features, use_mode, generator)
+
+
+def _pick(q: VariationalDist, use_mode: bool, generator: torch.Generator | None) -> Point:
+    """q's mode, or one draw from ``generator``."""
+    return q.mode() if use_mode else q.sample(generator)
+
+
+def _two_sources(tile_slen: int, n: Tensor, first: Point, second: Point) -> TileCatalog:
+    """The tile catalog (M = 2) of per-tile first and second sources, inactive slots zeroed."""
+    data: dict[str, Tensor] = {"n_sources": n}
+    for k, v in first.items():
+        data[k] = torch.stack([v, second[k]], dim=3)
+    return TileCatalog(tile_slen, data).zero_inactive()
+
+
+#: pixels beyond the tile on each side of the aperture of :func:`aperture_log_flux`
+APERTURE_MARGIN = 2
+#: nmgy: aperture sums below this (empty tiles, noise) are read as this
+APERTURE_FLOOR = 0.1
+
+
+def aperture_log_flux(images: Tensor, tile_slen: int) -> Tensor:
+    """(N, B, Ht, Wt): per tile and band, log of the image's sum (nmgy) over the square of side
+    ``tile_slen + 2 * APERTURE_MARGIN`` px centred on the tile (zero beyond the image), floored
+    at :data:`APERTURE_FLOOR`. It is the flux heads' starting point: their log-flux means are
+    this plus what the network adds, so an isolated source's flux is right to the aperture's
+    enclosed fraction before any training, and the network learns the correction (PSF
+    fraction, position, neighbours) rather than the whole log-flux map of every band."""
+    m = APERTURE_MARGIN
+    k = tile_slen + 2 * m
+    total = F.avg_pool2d(images.float(), k, stride=tile_slen, padding=m, count_include_pad=True)
+    return torch.log((total * (k * k)).clamp_min(APERTURE_FLOOR)).to(images.dtype)
+
+
+def _anchored(params: Tensor, anchor: Tensor | None, n_bands: int, with_counts: bool) -> Tensor:
+    """Raw head output (N, P, h, w) with ``anchor`` (N, B, h, w) added to the log-flux means
+    of both source types (none added when ``anchor`` is None)."""
+    if anchor is None:
+        return params
+    star, galaxy = VariationalDist.flux_mean_channels(n_bands, with_counts)
+    zeros = params.new_zeros(params.shape[0], params.shape[1], *params.shape[2:])
+    zeros[:, star] = anchor.to(params.dtype)
+    zeros[:, galaxy] = anchor.to(params.dtype)
+    return params + zeros

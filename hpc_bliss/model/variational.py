@@ -98,6 +98,7 @@ class VariationalDist:
         if params.shape[-1] != want or params.dim() != 4:
             raise ValueError(f"params must be (N, Ht, Wt, {want}), got {tuple(params.shape)}")
         p = params.float()
+        self.params = p  #: the raw head output (N, Ht, Wt, P), float32
         self.n_bands, self.with_counts = n_bands, with_counts
         self.count_logits: Tensor | None = None
         if with_counts:
@@ -111,6 +112,13 @@ class VariationalDist:
         self.log_flux_mean, self.log_flux_scale = flux[..., :b], _scale(flux[..., b:])
         n_gal = N_GALAXY_PARAMS
         self.gal_mean, self.gal_scale = gal[..., :n_gal], _scale(gal[..., n_gal:])
+
+    @staticmethod
+    def flux_mean_channels(n_bands: int, with_counts: bool = True) -> tuple[slice, slice]:
+        """The raw channels of the star and the galaxy log-flux means (B each)."""
+        start = (MAX_COUNT + 1 if with_counts else 0) + 5
+        b = n_bands
+        return slice(start, start + b), slice(start + 2 * b, start + 3 * b)
 
     @staticmethod
     def n_params(n_bands: int, with_counts: bool = True) -> int:

@@ -3,7 +3,7 @@
 
 * ``exist_prob``: q(the tile holds ≥ 1 source) for the first source, q(≥ 2) for the second;
 * ``galaxy_prob``: q(galaxy) of the source (its head: marginal for the first, conditional on
-  the first for the second);
+  the first for the second; with the checkerboard tiling, those of the tile's colour's pass);
 * ``flux_err``: the standard deviation, nmgy, of q's log-normal flux per band (of the reported
   type), and ``log_flux_sd`` its σ (≈ the relative error; 1.0857 σ in magnitudes).
 
@@ -38,17 +38,11 @@ def _flux_spread(q: VariationalDist, is_gal: Tensor) -> tuple[Tensor, Tensor]:
 def posterior_mode(encoder: Encoder, images: Tensor) -> TileCatalog:
     """The mode (M = 2 per tile) with ``exist_prob``, ``galaxy_prob``, ``flux_err`` and
     ``log_flux_sd`` per source; border tiles cropped as the encoder reports them."""
-    features = encoder(images)
-    q1 = encoder.marginal(features)
-    first = q1.mode()
-    n = first.pop("n_sources")
-    one = {k: v.unsqueeze(3) for k, v in first.items()}
-    cond = TileCatalog(encoder.tile_slen, {"n_sources": n.clamp(max=1), **one})
-    q2 = encoder.conditional(features, cond)
-    second = q2.mode()
+    post = encoder.posterior(encoder(images), use_mode=True)
+    q1, q2, first, second = post.q1, post.q2, post.first, post.second
     assert q1.count_logits is not None
     counts = torch.softmax(q1.count_logits, dim=-1)
-    data: dict[str, Tensor] = {"n_sources": n}
+    data: dict[str, Tensor] = {"n_sources": post.n_sources}
     for k, v in first.items():
         data[k] = _per_source(v, second[k])
     sd1, err1 = _flux_spread(q1, first["source_type"][..., 0])

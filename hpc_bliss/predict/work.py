@@ -5,6 +5,18 @@ batch of ``batch_size`` crops, at least one); a rank encodes its blocks (:func:`
 ``batch_size`` crops at a time, so a batch holds the same crops whatever the number of ranks
 (the output does not depend on how the work was split). Each crop keeps only the
 tiles it owns (:mod:`.crops`); :func:`stitch` puts them together.
+
+With the checkerboard tiling (``model.tiling``), each crop is inferred colour by colour on its
+own, colours counted from the crop's first tile: a tile's history (the earlier colours' sources
+it is conditioned on) comes from its own crop. Away from the seams between crops' owned tiles,
+that history is what the stitched catalog reports around the tile. A tile next to a seam,
+though, is conditioned on its neighbours across the seam *as its own crop inferred them* (from
+the crop's border), not as the crop that owns them reports them: the two sides of a seam do not
+see each other's reported sources, so a source straddling a seam may be reported twice or
+missed, as with independent tiles. This approximation touches one tile on each side of each
+seam. Exact conditioning would need every crop's colour k to follow every crop's colour k - 1
+under one colouring of the frame, and the seams' sources to pass between ranks after each
+colour; it is not done.
 """
 
 from __future__ import annotations

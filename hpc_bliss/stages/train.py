@@ -132,7 +132,7 @@ def _train(cfg: Config) -> dict:
         learning_rate=t.learning_rate,
         min_flux_threshold=t.min_flux_threshold,
         total_steps=max(1, math.ceil(total)),
-        **lensing_arguments(cfg),
+        **model_arguments(cfg),
     )
     module.data_config_yaml = manifest.get("config_yaml")  # checkpoints say what survey
     trainer = build_trainer(cfg, total)
@@ -153,6 +153,17 @@ def _train(cfg: Config) -> dict:
         "world_size": trainer.world_size,
         "host": socket.gethostname(),
     }
+
+
+def model_arguments(cfg: Config) -> dict:
+    """EncoderModule arguments from ``model``: the tiling (``tiling`` and ``colors``, only
+    for the checkerboard: an independent encoder's hyperparameters are those of before), the
+    flux heads' aperture anchor (only when on) and the lensing head's
+    (:func:`lensing_arguments`)."""
+    m = cfg.model
+    tiling = {"tiling": m.tiling, "colors": m.colors} if m.tiling != "independent" else {}
+    anchor = {"aperture_flux": True} if m.aperture_flux else {}
+    return tiling | anchor | lensing_arguments(cfg)
 
 
 def lensing_arguments(cfg: Config) -> dict:

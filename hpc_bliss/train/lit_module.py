@@ -31,9 +31,15 @@ class EncoderModule(pl.LightningModule):
         lensing_tiles_per_cell: int = 0,
         lensing_hidden: int = 32,
         lensing_weight: float = 1.0,
+        tiling: str = "independent",
+        colors: int = 4,
+        aperture_flux: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()  # plain numbers only: checkpoints load with weights_only
+        # plain numbers and strings only: checkpoints load with weights_only; a checkpoint of
+        # before the tiling option has neither tiling nor colors and loads as independent, and
+        # one of before the aperture-flux anchor has no aperture_flux and loads without it
+        self.save_hyperparameters()
         self.encoder = Encoder(
             n_bands,
             tile_slen,
@@ -42,6 +48,9 @@ class EncoderModule(pl.LightningModule):
             border_tiles,
             lensing_tiles_per_cell=lensing_tiles_per_cell,
             lensing_hidden=lensing_hidden,
+            tiling=tiling,
+            colors=colors,
+            aperture_flux=aperture_flux,
         )
         self.tile_slen, self.border_tiles = tile_slen, border_tiles
         self.min_flux_threshold, self.learning_rate = min_flux_threshold, learning_rate
