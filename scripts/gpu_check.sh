@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check (under 10 minutes on one CUDA GPU): environment, the GPU-marked tests, the render
 # benchmark on CUDA beside the CPU (and GalSim where it is installed), generation against the
-# disk's raw write rate, predict's fields per second, and the training loader.
+# disk's raw write rate, predict's fields per second, the training loader, and the training
+# step (phases, bf16, both tilings).
 # Run from the repository root on a machine with a GPU:   bash scripts/gpu_check.sh
 # Uses the active python (or $PYTHON) with the repository on PYTHONPATH; wheels of missing
 # packages (e.g. omegaconf) may be placed in .whl/ and are installed to /tmp/site first.
@@ -37,4 +38,11 @@ data="$(mktemp -d)/m2"
 timeout 120 "$py" -m hpc_bliss generate configs/m2.yaml generate.output_dir="$data" \
   generate.n_shards=4 >/dev/null && \
   timeout 180 "$py" scripts/bench_train.py "$data" --device cuda --batch 32 --steps 20 --workers 4
+echo "== training step on CUDA: phases, channels_last and bf16 autocast, both tilings"
+for tiling in independent checkerboard; do
+  for batch in 32 128; do
+    timeout 90 "$py" scripts/profile_train.py "$data" --device cuda --batch "$batch" --steps 10 \
+      --rounds 3 model.tiling="$tiling"
+  done
+done
 exit $status

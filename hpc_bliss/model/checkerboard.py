@@ -28,7 +28,8 @@ checkerboard encoder starts as the independent one.
 
 A colour's tiles are one or two stride-2 **subgrids** of the tile grid (:func:`color_offsets`):
 the heads are evaluated there only (:func:`subgrid`, and a strided convolution for the
-conditional head's 3×3 kernel), so a colour's pass costs a quarter of a full pass of the heads.
+conditional head's 3×3 kernel, :func:`conv2d_at`), so a colour's pass costs a quarter of a
+full pass of the heads.
 """
 
 from __future__ import annotations
@@ -68,13 +69,16 @@ def subgrid(catalog: TileCatalog, at: tuple[int, int]) -> TileCatalog:
     return TileCatalog(catalog.tile_slen, {k: v[:, a::2, b::2] for k, v in catalog.data.items()})
 
 
-def conv_at(conv: nn.Conv2d, x: Tensor, at: tuple[int, int]) -> Tensor:
-    """``conv(x)`` (stride 1, odd kernel, padding kernel // 2) at the pixels (a + 2i, b + 2j)
-    only: the same sums, a quarter of the work."""
-    p = conv.kernel_size[0] // 2
+def conv2d_at(x: Tensor, weight: Tensor, bias: Tensor | None, at: tuple[int, int] | None) -> Tensor:
+    """A stride-1 convolution with an odd square kernel and padding ``kernel // 2``, at every
+    pixel (``at`` None) or at the pixels (a + 2i, b + 2j) only (``at`` = (a, b)): the same
+    sums, a quarter of the work."""
+    p = weight.shape[-1] // 2
+    if at is None:
+        return nn.functional.conv2d(x, weight, bias, padding=p)
     a, b = at
     padded = nn.functional.pad(x, (p - b, p, p - a, p))  # window 0 centred on (a, b)
-    return nn.functional.conv2d(padded, conv.weight, conv.bias, stride=2)
+    return nn.functional.conv2d(padded, weight, bias, stride=2)
 
 
 class Canvas:

@@ -37,7 +37,7 @@ from hpc_bliss.model.checkerboard import (
     color_offsets,
     context_embed,
     context_features,
-    conv_at,
+    conv2d_at,
     mask_context,
     tile_colors,
 )
@@ -262,26 +262,41 @@ class Encoder(nn.Module):
         return x.permute(0, 3, 1, 2)
 
     def conditional(
-        self, features: Tensor, condition: TileCatalog, at: tuple[int, int] | None = None
+        self,
+        features: Tensor,
+        condition: TileCatalog,
+        at: tuple[int, int] | None = None,
+        base: Tensor | None = None,
     ) -> VariationalDist:
         """q(second source | first source = slot 0 of ``condition``) per tile (no count).
 
         ``at`` = (a, b): q on the tiles (a + 2i, b + 2j) only (features and condition still
-        cover every tile: the head's 3×3 kernel reads the neighbours)."""
-        features, anchor = self._split(features)
-        cond = self.condition_features(condition).to(features.dtype)
-        if cond.shape[-2:] != features.shape[-2:] or cond.shape[0] != features.shape[0]:
-            raise ValueError(f"condition tiles {cond.shape} do not match features {features.shape}")
-        x = torch.cat([features, self.cond_embed(cond)], dim=1)
-        if at is None:
-            params = self.cond_head(x)
-        else:
-            first = self.cond_head[0]
-            assert isinstance(first, nn.Conv2d)
-            params = self.cond_head[1:](conv_at(first, x, at))
-            anchor = None if anchor is None else anchor[..., at[0] :: 2, at[1] :: 2]
+        cover every tile: the head's 3×3 kernel reads the neighbours). ``base``: the features'
+        part of the head's first convolution, :meth:`conditional_base` (computed here when not
+        given; the loss computes it once for both orders of a tile's two sources)."""
+        feats, anchor = self._split(features)
+        cond = self.condition_features(condition).to(feats.dtype)
+        if cond.shape[-2:] != feats.shape[-2:] or cond.shape[0] != feats.shape[0]:
+            raise ValueError(f"condition tiles {cond.shape} do not match features {feats.shape}")
+        first = self.cond_head[0]
+        assert isinstance(first, nn.Conv2d)
+        # the first conv of cat([features, embedding]) as the sum of its two parts
+        embedded = conv2d_at(self.cond_embed(cond), first.weight[:, self.hidden :], None, at)
+        if base is None:
+            base = self.conditional_base(features, at)
+        params = self.cond_head[1:](base + embedded)
+        if at is not None and anchor is not None:
+            anchor = anchor[..., at[0] :: 2, at[1] :: 2]
         params = _anchored(params, anchor, self.n_bands, False)
         return VariationalDist(params.permute(0, 2, 3, 1), self.n_bands, with_counts=False)
+
+    def conditional_base(self, features: Tensor, at: tuple[int, int] | None = None) -> Tensor:
+        """The tile features' part (with the bias) of the conditional head's first convolution,
+        which does not depend on the condition (on the tiles of ``at`` only, if given)."""
+        first = self.cond_head[0]
+        assert isinstance(first, nn.Conv2d)
+        feats = self._split(features)[0]
+        return conv2d_at(feats, first.weight[:, : self.hidden], first.bias, at)
 
     def lensing(self, features: Tensor, images: Tensor) -> LensingDist:
         """q(γ1, γ2, κ) per cell (N, Ht / c, Wt / c, 3), c = ``lensing_tiles_per_cell``, from the

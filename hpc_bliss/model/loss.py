@@ -40,7 +40,11 @@ def double_detection_nll(
     z1 = target.get_brightest_sources_per_tile(band, 1, 0)
     z2 = target.get_brightest_sources_per_tile(band, 1, 1)
     if not encoder.autoregressive:
-        pair = (encoder.conditional(features, z1), encoder.conditional(features, z2))
+        base = encoder.conditional_base(features)  # shared by the two orders
+        pair = (
+            encoder.conditional(features, z1, None, base),
+            encoder.conditional(features, z2, None, base),
+        )
         return _tile_nll(encoder.marginal(features), *pair, n, z1, z2)
     colors = encoder.tile_colors(features)
     history = encoder.history(target)  # the truth as history; each colour sees earlier ones
@@ -52,7 +56,8 @@ def double_detection_nll(
         for at in color_offsets(encoder.colors, k):  # the heads on colour k's tiles only
             a, b = at
             q1 = encoder.marginal(h[..., a::2, b::2].contiguous())  # contiguous: faster convs
-            pair = (encoder.conditional(h, c1, at), encoder.conditional(h, c2, at))
+            base = encoder.conditional_base(h, at)
+            pair = (encoder.conditional(h, c1, at, base), encoder.conditional(h, c2, at, base))
             nll = _tile_nll(q1, *pair, n[:, a::2, b::2], subgrid(z1, at), subgrid(z2, at))
             out[:, a::2, b::2] = nll
     return out
