@@ -11,7 +11,7 @@ import torch
 
 from hpc_bliss.config import load_config
 from hpc_bliss.model import Encoder, double_detection_nll
-from hpc_bliss.model.encoder import APERTURE_FLOOR, aperture_log_flux
+from hpc_bliss.model.aperture import APERTURE_FLOOR, aperture_log_flux
 from hpc_bliss.seeding import make_generator
 from hpc_bliss.simulate.batch import make_renderer, simulate_batch
 from tests.conftest import CONFIGS

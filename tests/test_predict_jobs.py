@@ -26,11 +26,11 @@ def test_submit_predict_queues_the_job_script(monkeypatch, tmp_path, capsys):
     out), whatever the directory it was submitted from."""
     sent = {}
 
-    def fake_sbatch(stage, cmd, env, cwd):
-        sent.update(stage=stage, cmd=cmd, env=env, cwd=cwd)
+    def fake_sbatch(what, cmd, env, cwd):
+        sent.update(what=what, cmd=cmd, env=env, cwd=cwd)
         return "4242"
 
-    monkeypatch.setattr("hpc_bliss.predict.submit._sbatch", fake_sbatch)
+    monkeypatch.setattr("hpc_bliss.predict.submit.sbatch_job", fake_sbatch)
     monkeypatch.chdir(tmp_path)
     argv = [
         "submit",

@@ -25,10 +25,10 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hpc_bliss.catalog import REF_BAND, TileCatalog
+from hpc_bliss.model.aperture import anchored, aperture_log_flux
 from hpc_bliss.model.checkerboard import (
     COLORS,
     CONTEXT_FEATURES,
@@ -248,7 +248,7 @@ class Encoder(nn.Module):
     def marginal(self, features: Tensor) -> VariationalDist:
         """q(count, brightest source) per tile."""
         features, anchor = self._split(features)
-        params = _anchored(self.marginal_head(features), anchor, self.n_bands, True)
+        params = anchored(self.marginal_head(features), anchor, self.n_bands, True)
         return VariationalDist(params.permute(0, 2, 3, 1), self.n_bands, with_counts=True)
 
     def condition_features(self, condition: TileCatalog) -> Tensor:
@@ -287,7 +287,7 @@ class Encoder(nn.Module):
         params = self.cond_head[1:](base + embedded)
         if at is not None and anchor is not None:
             anchor = anchor[..., at[0] :: 2, at[1] :: 2]
-        params = _anchored(params, anchor, self.n_bands, False)
+        params = anchored(params, anchor, self.n_bands, False)
         return VariationalDist(params.permute(0, 2, 3, 1), self.n_bands, with_counts=False)
 
     def conditional_base(self, features: Tensor, at: tuple[int, int] | None = None) -> Tensor:
@@ -396,34 +396,3 @@ def _two_sources(tile_slen: int, n: Tensor, first: Point, second: Point) -> Tile
     for k, v in first.items():
         data[k] = torch.stack([v, second[k]], dim=3)
     return TileCatalog(tile_slen, data).zero_inactive()
-
-
-#: pixels beyond the tile on each side of the aperture of :func:`aperture_log_flux`
-APERTURE_MARGIN = 2
-#: nmgy: aperture sums below this (empty tiles, noise) are read as this
-APERTURE_FLOOR = 0.1
-
-
-def aperture_log_flux(images: Tensor, tile_slen: int) -> Tensor:
-    """(N, B, Ht, Wt): per tile and band, log of the image's sum (nmgy) over the square of side
-    ``tile_slen + 2 * APERTURE_MARGIN`` px centred on the tile (zero beyond the image), floored
-    at :data:`APERTURE_FLOOR`. It is the flux heads' starting point: their log-flux means are
-    this plus what the network adds, so an isolated source's flux is right to the aperture's
-    enclosed fraction before any training, and the network learns the correction (PSF
-    fraction, position, neighbours) rather than the whole log-flux map of every band."""
-    m = APERTURE_MARGIN
-    k = tile_slen + 2 * m
-    total = F.avg_pool2d(images.float(), k, stride=tile_slen, padding=m, count_include_pad=True)
-    return torch.log((total * (k * k)).clamp_min(APERTURE_FLOOR)).to(images.dtype)
-
-
-def _anchored(params: Tensor, anchor: Tensor | None, n_bands: int, with_counts: bool) -> Tensor:
-    """Raw head output (N, P, h, w) with ``anchor`` (N, B, h, w) added to the log-flux means
-    of both source types (none added when ``anchor`` is None)."""
-    if anchor is None:
-        return params
-    star, galaxy = VariationalDist.flux_mean_channels(n_bands, with_counts)
-    zeros = params.new_zeros(params.shape[0], params.shape[1], *params.shape[2:])
-    zeros[:, star] = anchor.to(params.dtype)
-    zeros[:, galaxy] = anchor.to(params.dtype)
-    return params + zeros
