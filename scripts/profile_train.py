@@ -36,24 +36,15 @@ sys.path.insert(0, str(ROOT))
 from hpc_bliss.catalog import TileCatalog  # noqa: E402
 from hpc_bliss.config import load_config  # noqa: E402
 from hpc_bliss.io.reader import ShardDataset  # noqa: E402
-from hpc_bliss.stages.train import model_arguments  # noqa: E402
+from hpc_bliss.model import double_detection_nll  # noqa: E402
+from hpc_bliss.stages.train import build_module  # noqa: E402
 from hpc_bliss.train.data import Augmented  # noqa: E402
 from hpc_bliss.train.lit_module import EncoderModule  # noqa: E402
 
 
 def build(cfg, data: ShardDataset, device: torch.device) -> EncoderModule:
-    t = cfg.train
     torch.manual_seed(0)
-    return EncoderModule(
-        n_bands=len(data.bands),
-        tile_slen=data.tile_slen,
-        hidden=t.hidden,
-        n_blocks=t.n_blocks,
-        border_tiles=t.border_tiles,
-        learning_rate=t.learning_rate,
-        min_flux_threshold=t.min_flux_threshold,
-        **model_arguments(cfg),
-    ).to(device)
+    return build_module(cfg, len(data.bands), data.tile_slen, 1000).to(device)
 
 
 class Phases:
@@ -81,8 +72,6 @@ def phase_profile(module, loader, device, steps: int, sync) -> dict[str, float]:
     """Seconds per step of each phase, over ``steps`` steps after a warm-up step."""
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     enc = module.encoder
-    from hpc_bliss.model import double_detection_nll
-
     it = iter(loader)
     phases = Phases(sync)
     for i in range(steps + 1):
@@ -112,8 +101,6 @@ def step_fn(module, images, target, device, channels_last: bool, bf16: bool):
         images = images.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     enc = module.encoder
-    from hpc_bliss.model import double_detection_nll
-
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     def step() -> None:

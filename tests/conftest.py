@@ -42,3 +42,16 @@ def two_nodes() -> list[str]:
     from tests.slurm_utils import require_nodes
 
     return require_nodes(2)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-tensor tests (thread wake-ups cost more than they
+    save on a shared machine); the previous count is restored after. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -29,13 +29,7 @@ SMOKE = ROOT / "configs" / "smoke.yaml"
 B = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids thread wake-up costs on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def encoder(seed: int = 0, colors: int = 4, hidden: int = 8, **kw) -> Encoder:

@@ -20,13 +20,7 @@ from hpc_bliss.stages.train import lensing_arguments
 from hpc_bliss.train.lit_module import EncoderModule
 from tests.conftest import CONFIGS
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def _catalog(n: int = 2, seed: int = 0) -> TileCatalog:

@@ -35,7 +35,7 @@ def anchored(params: Tensor, anchor: Tensor | None, n_bands: int, with_counts: b
     if anchor is None:
         return params
     star, galaxy = VariationalDist.flux_mean_channels(n_bands, with_counts)
-    zeros = params.new_zeros(params.shape[0], params.shape[1], *params.shape[2:])
+    zeros = torch.zeros_like(params)
     zeros[:, star] = anchor.to(params.dtype)
     zeros[:, galaxy] = anchor.to(params.dtype)
     return params + zeros

@@ -123,17 +123,7 @@ def _train(cfg: Config) -> dict:
     data.setup()
     steps_per_epoch = max(1, data.n_train // (t.batch_size * t.devices * t.num_nodes))
     total = t.max_steps if t.max_steps > 0 else steps_per_epoch * t.max_epochs
-    module = EncoderModule(
-        n_bands=data.n_bands,
-        tile_slen=data.tile_slen,
-        hidden=t.hidden,
-        n_blocks=t.n_blocks,
-        border_tiles=t.border_tiles,
-        learning_rate=t.learning_rate,
-        min_flux_threshold=t.min_flux_threshold,
-        total_steps=max(1, math.ceil(total)),
-        **model_arguments(cfg),
-    )
+    module = build_module(cfg, data.n_bands, data.tile_slen, max(1, math.ceil(total)))
     module.data_config_yaml = manifest.get("config_yaml")  # checkpoints say what survey
     trainer = build_trainer(cfg, total)
     skipped = _skipped_metrics(data) if t.on_bad_shard == "skip" else {}
@@ -153,6 +143,23 @@ def _train(cfg: Config) -> dict:
         "world_size": trainer.world_size,
         "host": socket.gethostname(),
     }
+
+
+def build_module(cfg: Config, n_bands: int, tile_slen: int, total_steps: int) -> EncoderModule:
+    """The EncoderModule ``cfg`` trains on data of ``n_bands`` bands and ``tile_slen``-px tiles
+    (the train section's sizes and rates, and :func:`model_arguments`)."""
+    t = cfg.train
+    return EncoderModule(
+        n_bands=n_bands,
+        tile_slen=tile_slen,
+        hidden=t.hidden,
+        n_blocks=t.n_blocks,
+        border_tiles=t.border_tiles,
+        learning_rate=t.learning_rate,
+        min_flux_threshold=t.min_flux_threshold,
+        total_steps=total_steps,
+        **model_arguments(cfg),
+    )
 
 
 def model_arguments(cfg: Config) -> dict:
